@@ -74,23 +74,16 @@ class SearchConfig:
     """Where the agent's Search() calls go."""
 
     backend: Literal["bm25", "http"] = _f("bm25", "bm25: our index over `corpus`; http: a Search-R1 retriever at `url`.")
-    corpus: str = _f("", "Passage corpus, JSONL or JSONL.gz of {id,title,text} (bm25 backend).")
+    corpus: str = _f("", "Passage corpus, JSONL or JSONL.gz of {id,title,text} (bm25 backend).", exists=True)
     url: str = _f("http://127.0.0.1:8000/retrieve", "Search-R1-compatible retriever endpoint (http backend).")
     timeout_s: float = _f(10.0, "Per-request timeout of the HTTP client.", min=0.1)
     retries: int = _f(3, "Attempts of the HTTP client before it gives up with a clear error.", min=1)
     cache_dir: str = _f(".cache/bm25", "Where built BM25 indexes are cached, keyed by the corpus hash.")
 
 
-SECTIONS: dict[str, type] = {
-    "agent": AgentConfig,
-    "engine": EngineConfig,
-    "search": SearchConfig,
-}
-
-
 @dataclass
 class Config:
-    """A whole run's configuration; ``source`` is the file it came from."""
+    """A whole run's configuration: one field per section; ``source`` is the file it came from."""
 
     agent: AgentConfig = field(default_factory=AgentConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -99,6 +92,12 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+#: section name -> its dataclass, derived from ``Config`` so the two cannot drift apart
+SECTIONS: dict[str, type] = {
+    f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config) if f.name != "source"
+}
 
 
 # ---------------------------------------------------------------- validation

@@ -1,0 +1,56 @@
+"""Build the engine and search backend a config names, preparing what they need.
+
+Shared by every command that runs the agent (``episode``, ``eval``, the sampler
+actors), so a config means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from actors.engines import Engine, make_engine
+from actors.search import SearchBackend, make_search
+from agent.trajectory import Snippet
+from rest.config import Config, ConfigError
+
+
+def _tokenizer_texts(cfg: Config, n_passages: int = 3000) -> Iterator[str]:
+    """Text for a random model's tokenizer: corpus passages plus every prompt form."""
+    import prompts
+
+    if cfg.search.corpus:
+        opener = gzip.open if cfg.search.corpus.endswith(".gz") else open
+        with opener(cfg.search.corpus, "rt", encoding="utf-8") as f:
+            for line in itertools.islice(f, n_passages):
+                doc = json.loads(line)
+                yield f'{doc.get("title", "")}\n{doc.get("text", "")}'
+    notes = [prompts.Note(query="example query", summary="A fact [link_id=1].")]
+    snippets = [Snippet(link_id=1, doc_id="d", title="Title", text="Some text.")]
+    for style in ("fewshot", "zeroshot"):
+        yield prompts.decision_prompt("Who is it?", notes, 3, style)
+        yield prompts.summarize_prompt("Who is it?", "example query", snippets, style)
+        yield prompts.answer_prompt("Who is it?", notes, style)
+        yield prompts.relevance_prompt("Who is it?", "An answer [link_id=1]", style)
+        yield prompts.grounding_prompt("Who is it?", "An answer [link_id=1]", notes, style)
+
+
+def build_engine(cfg: Config) -> Engine:
+    """The policy engine; a ``random_init`` model is created on first use."""
+    model = cfg.engine.model
+    if not model:
+        raise ConfigError(f"{cfg.source}: engine.model: required")
+    if cfg.engine.random_init and not (Path(model) / "config.json").exists():
+        from toyworld.modelzoo import ensure_random_model
+
+        ensure_random_model(model, cfg.engine.random_init, _tokenizer_texts(cfg), seed=cfg.agent.seed)
+    return make_engine(cfg.engine)
+
+
+def build_search(cfg: Config) -> SearchBackend:
+    if cfg.search.backend == "bm25" and not cfg.search.corpus:
+        raise ConfigError(f"{cfg.source}: search.corpus: required by the bm25 backend")
+    return make_search(cfg.search)
