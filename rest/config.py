@@ -241,3 +241,41 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             raise ConfigError(f"{source}: {name}: unknown section (known: {', '.join(SECTIONS)})")
         sections[name] = build_section(SECTIONS[name], value, name, source)
     return Config(**sections, source=source)
+
+
+def reference_markdown() -> str:
+    """The README's configuration reference, generated from the dataclasses above."""
+    out = []
+    for name, cls in SECTIONS.items():
+        out.append(f"**`{name}:`** {cls.__doc__.strip()}\n")
+        out.append("| key | type | default | meaning |\n| --- | --- | --- | --- |")
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            doc = f.metadata.get("doc", "").replace("|", "\\|")
+            tname = _type_name(hints[f.name]).replace("|", "\\|")
+            out.append(f"| `{f.name}` | {tname} | `{default!r}` | {doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+README_START = "<!-- config-reference:start"
+README_END = "<!-- config-reference:end -->"
+
+
+def readme_with_reference(readme: str) -> str:
+    """``readme`` with the text between the reference markers regenerated."""
+    head, rest = readme.split(README_START, 1)
+    marker_line, rest = rest.split("\n", 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_START}{marker_line}\n{reference_markdown()}\n{README_END}{tail}"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--write-readme"]:
+        path = Path(__file__).resolve().parents[1] / "README.md"
+        path.write_text(readme_with_reference(path.read_text()))
+    else:
+        print(reference_markdown())

@@ -109,3 +109,10 @@ def test_cli_exits_2_with_one_line(tmp_path, text, extra):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and str(path) in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_readme_reference_is_current():
+    from rest.config import readme_with_reference
+
+    readme = (ROOT / "README.md").read_text()
+    assert readme_with_reference(readme) == readme, "run: python -m rest.config --write-readme"
