@@ -51,6 +51,59 @@ def cmd_episode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a model on a question set with the deterministic judge; write predictions and score.
+
+    ``--world DIR`` without ``--config`` defaults ``agent.prompt_style`` to zeroshot
+    (the toy world's tiny models are trained on the compact prompts); ``--set`` still wins.
+    """
+    import dataclasses
+    from pathlib import Path
+
+    from evals.datasets import DatasetError, read_dataset
+    from evals.qa import check_judge, end_reasons_line, evaluate, summary_line, write_result
+    from rest.resources import build_engine, build_search
+
+    defaults = ["agent.prompt_style=zeroshot"] if args.world and not args.config else []
+    cfg = load_config(args.config, defaults + args.overrides)
+    if args.limit is not None:
+        if args.limit < 0:
+            raise ConfigError(f"--limit: must be >= 0, got {args.limit}")
+        cfg.eval = dataclasses.replace(cfg.eval, limit=args.limit)
+    cfg.engine = dataclasses.replace(cfg.engine, model=args.model)
+    corpus = args.corpus
+    if args.world:
+        if not os.path.isdir(args.world):
+            raise ConfigError(f"--world: not a directory: {args.world}")
+        cfg.world = dataclasses.replace(cfg.world, dir=args.world)
+        if not (corpus or args.search_url or args.closed_book):
+            corpus = os.path.join(args.world, "corpus.jsonl.gz")
+            if not os.path.isfile(corpus):
+                raise ConfigError(f"--world: no corpus.jsonl.gz in {args.world} (or give --corpus/--search-url)")
+    if corpus:
+        if not os.path.isfile(corpus):
+            raise ConfigError(f"--corpus: file not found: {corpus}")
+        cfg.search = dataclasses.replace(cfg.search, backend="bm25", corpus=corpus)
+    elif args.search_url:
+        cfg.search = dataclasses.replace(cfg.search, backend="http", url=args.search_url)
+
+    check_judge(cfg.eval)
+    try:
+        data = read_dataset(args.dataset, cfg.world.dir or None)
+    except DatasetError as e:
+        raise ConfigError(str(e)) from None
+    search = None if args.closed_book else build_search(cfg)
+    engine = build_engine(cfg)
+    result = evaluate(engine, search, data.questions, cfg.agent, cfg.eval,
+                      dataset=data.name, model=args.model, extras=data.extras)
+    out = args.out or os.path.join("runs", "eval", f"{Path(args.model.rstrip('/')).name}-{data.name}")
+    write_result(result, out)
+    print(summary_line(result))
+    print(end_reasons_line(result))
+    print(f"predictions and score: {out}")
+    return 0
+
+
 def cmd_serve_search(args: argparse.Namespace) -> int:
     """Serve BM25 over a corpus on the Search-R1 retriever API."""
     from actors.search.server import serve_search_main
@@ -71,6 +124,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", required=True, help="the question to answer")
     p.add_argument("--closed-book", action="store_true", help="answer without the search tool")
     p.set_defaults(func=cmd_episode)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model on a question set (deterministic judge)",
+        description="Run the agent on every question (one batched run, eval sampling) and score "
+        "its answers by normalised exact match, F1 and containment. --world DIR searches BM25 over "
+        "DIR/corpus.jsonl.gz unless --corpus/--search-url/--closed-book says otherwise; with --world "
+        "and no --config, agent.prompt_style defaults to zeroshot (the toy models' prompts).",
+    )
+    _add_config_args(p, required=False)
+    p.add_argument("--model", required=True, help="model directory (overrides engine.model)")
+    p.add_argument("--dataset", required=True,
+                   help="toy-test | toy-dev | toy-train | bamboogle | hotpotqa-dev | FILE.jsonl")
+    p.add_argument("--world", help="toy world directory (world.dir; its corpus unless --corpus/--search-url)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N questions (eval.limit)")
+    p.add_argument("--out", help="output directory (default: runs/eval/<model dir name>-<dataset>/)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--closed-book", action="store_true", help="answer without the search tool")
+    where.add_argument("--corpus", help="BM25 over this JSONL(.gz) passage corpus")
+    where.add_argument("--search-url", help="a Search-R1 retriever endpoint, e.g. http://127.0.0.1:8000/retrieve")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve-search", help="serve BM25 over a corpus on the Search-R1 /retrieve API")
     p.add_argument("--corpus", required=True, help="JSONL or JSONL.gz passages {id,title,text}")

@@ -82,12 +82,36 @@ class SearchConfig:
 
 
 @dataclass
+class WorldConfig:
+    """The toy world (the embedded default): built on first use, cached in ``dir``."""
+
+    dir: str = _f("", "World directory (corpus, questions, tokenizer, base models); empty = no toy world.")
+    seed: int = _f(0, "World seed: the same seed builds the same world, byte for byte.")
+    size: Literal["tiny", "default"] = _f("default", "World size preset (tiny: tests; default: the CPU default run).")
+
+
+@dataclass
+class EvalConfig:
+    """How models are evaluated (toy-test exact match, Bamboogle auto-eval)."""
+
+    temperature: float = _f(0.0, "Eval sampling temperature (0 = greedy, deterministic).", min=0.0)
+    k_samples: int = _f(1, "Samples per LLM step during eval (the lowest-perplexity one is kept).", min=1)
+    limit: int = _f(0, "Evaluate only the first N questions (0 = all).", min=0)
+    judge: Literal["deterministic", "llm"] = _f(
+        "deterministic", "deterministic: normalised exact match / F1 / containment; llm: Check_Answer judge."
+    )
+    judge_runs: int = _f(10, "LLM judge: runs averaged (paper: 10).", min=1)
+
+
+@dataclass
 class Config:
     """A whole run's configuration: one field per section; ``source`` is the file it came from."""
 
     agent: AgentConfig = field(default_factory=AgentConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     source: str = "<defaults>"
 
     def to_dict(self) -> dict[str, Any]:

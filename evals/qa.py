@@ -1,0 +1,233 @@
+"""Evaluate an agent on a question set with the deterministic judge, and record every answer.
+
+``evaluate`` runs every question as one batched ``EpisodeRunner.run`` (the runner
+fills its waves from the whole set), with the agent's sampling replaced by the eval
+section's (greedy, one sample by default), then scores each final answer against
+its golds: exact match after SQuAD normalisation is the accuracy, token F1 and
+gold containment are reported beside it. Every number says which judge produced it.
+
+``write_result`` leaves two files: ``predictions.jsonl`` (one line per question:
+its answer, golds, per-metric verdicts and why the episode ended, so a score can
+be audited line by line) and ``score.json`` (the aggregates). Both are written to
+a temporary file and renamed, so a crash never leaves a half-written score.
+
+A score over a corpus retrieved *for* the questions (``bamboogle_support``, see
+the shared data PROVENANCE.md) is labelled "targeted corpus": it is not an
+open-search accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actors.engines.base import Engine
+from actors.search.base import SearchBackend
+from agent.runner import EpisodeRunner
+from agent.trajectory import Question, Trajectory
+from evals.metrics import contains, exact_match, token_f1, wilson_ci
+from rest.config import AgentConfig, ConfigError, EvalConfig
+
+#: the judge behind every number this module produces
+JUDGE_DETERMINISTIC = "deterministic: normalised exact match"
+#: corpus file names (prefixes) whose passages were retrieved for the eval questions themselves
+TARGETED_CORPORA = ("bamboogle_support",)
+TARGETED_LABEL = "targeted corpus"
+
+
+@dataclass
+class EvalResult:
+    """One model on one question set: aggregates, provenance and every prediction."""
+
+    dataset: str
+    model: str
+    n: int
+    #: exact-match rate under ``judge``
+    accuracy: float
+    #: Wilson 95% interval of ``accuracy``
+    ci95: tuple[float, float]
+    f1: float
+    contains: float
+    judge: str
+    #: how the agent searched: backend, corpus or url, ``targeted_corpus``, a printable ``label``
+    search: dict[str, Any]
+    #: end reason (up to its first ": ") -> episodes
+    end_reasons: dict[str, int]
+    searches_per_episode: float
+    #: the agent config actually used (eval sampling applied)
+    agent: dict[str, Any]
+    runner_stats: dict[str, Any]
+    seconds: float
+    predictions: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def n_correct(self) -> int:
+        return sum(p["exact_match"] for p in self.predictions)
+
+    def score_dict(self) -> dict[str, Any]:
+        """What ``score.json`` holds: every field but the predictions (they have their own file)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "predictions"}
+        d["ci95"] = list(self.ci95)
+        d["n_correct"] = self.n_correct
+        d["predictions_file"] = "predictions.jsonl"
+        return d
+
+
+def check_judge(eval_cfg: EvalConfig) -> str:
+    """The name of the judge ``eval_cfg`` asks for, if this module can run it; else ConfigError.
+
+    Only the deterministic judge exists so far. The paper's LLM ``Check_Answer`` judge
+    needs its own engine (and a few-shot prompt): ``eval.judge`` is its seam.
+    """
+    if eval_cfg.judge == "llm":
+        raise ConfigError(
+            "eval.judge: the LLM Check_Answer judge needs a judge engine, which this command "
+            "does not configure yet; use eval.judge=deterministic"
+        )
+    if eval_cfg.judge != "deterministic":
+        raise ConfigError(f"eval.judge: unknown judge {eval_cfg.judge!r} (known: deterministic, llm)")
+    return JUDGE_DETERMINISTIC
+
+
+def describe_search(search: SearchBackend | None) -> dict[str, Any]:
+    """Where the agent's searches went, read off the backend, with a one-line label."""
+    if search is None:
+        return {"backend": "closed-book", "targeted_corpus": False, "label": "closed book"}
+    corpus = getattr(search, "corpus_path", None)
+    if corpus is not None:
+        name = Path(corpus).name
+        targeted = name.startswith(TARGETED_CORPORA)
+        label = f"bm25 {name}" + (f"; {TARGETED_LABEL}, not open-search accuracy" if targeted else "")
+        return {"backend": "bm25", "corpus": str(corpus), "targeted_corpus": targeted, "label": label}
+    url = getattr(search, "url", None)
+    if url is not None:
+        return {"backend": "http", "url": str(url), "targeted_corpus": False, "label": f"http {url}"}
+    kind = type(search).__name__
+    return {"backend": kind, "targeted_corpus": False, "label": kind}
+
+
+def end_reason_key(traj: Trajectory) -> str:
+    """The end reason up to its first ": " (the runner's histogram key: no error text)."""
+    return traj.end_reason.split(": ", 1)[0]
+
+
+def _prediction(q: Question, traj: Trajectory, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    golds = list(q.answers)
+    return {
+        "question_id": q.id,
+        "question": q.question,
+        "trajectory_id": traj.id,
+        "answer": traj.answer,
+        "golds": golds,
+        "exact_match": exact_match(traj.answer, golds),
+        "f1": token_f1(traj.answer, golds),
+        "contains": contains(traj.answer, golds),
+        "end_reason": traj.end_reason,
+        "searches_used": traj.searches_used,
+        "extra": dict(extra or {}),
+    }
+
+
+def evaluate(
+    engine: Engine,
+    search: SearchBackend | None,
+    questions: Sequence[Question],
+    agent_cfg: AgentConfig,
+    eval_cfg: EvalConfig,
+    *,
+    dataset: str = "custom",
+    model: str = "",
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
+) -> EvalResult:
+    """Run the agent on ``questions`` (``search=None``: closed book) and score it (see module doc).
+
+    ``extras`` maps a question id to its record's extra fields, copied into its
+    prediction line. ``eval_cfg.limit`` keeps the first N questions.
+    """
+    judge = check_judge(eval_cfg)
+    questions = list(questions[: eval_cfg.limit] if eval_cfg.limit else questions)
+    if not questions:
+        raise ValueError("no questions to evaluate")
+    unlabeled = [q.id for q in questions if not q.answers]
+    if unlabeled:
+        raise ValueError(f"{len(unlabeled)} questions have no gold answers (first: {unlabeled[0]!r})")
+    cfg = dataclasses.replace(agent_cfg, temperature=eval_cfg.temperature, k_samples=eval_cfg.k_samples)
+    runner = EpisodeRunner(engine, search, cfg)
+    t0 = time.perf_counter()
+    trajectories = runner.run(questions)
+    seconds = time.perf_counter() - t0
+
+    extras = extras or {}
+    predictions = [_prediction(q, t, extras.get(q.id)) for q, t in zip(questions, trajectories, strict=True)]
+    n = len(predictions)
+    k = sum(p["exact_match"] for p in predictions)
+    return EvalResult(
+        dataset=dataset,
+        model=model,
+        n=n,
+        accuracy=k / n,
+        ci95=wilson_ci(k, n),
+        f1=sum(p["f1"] for p in predictions) / n,
+        contains=sum(p["contains"] for p in predictions) / n,
+        judge=judge,
+        search=describe_search(search),
+        end_reasons=dict(Counter(end_reason_key(t) for t in trajectories).most_common()),
+        searches_per_episode=sum(t.searches_used for t in trajectories) / n,
+        agent=dataclasses.asdict(cfg),
+        runner_stats=runner.stats.to_dict(),
+        seconds=seconds,
+        predictions=predictions,
+    )
+
+
+# ------------------------------------------------------------ reporting
+
+
+def summary_line(result: EvalResult) -> str:
+    """One line: dataset, model, accuracy with its CI, n, F1, judge and where the agent searched."""
+    lo, hi = result.ci95
+    return (
+        f"{result.dataset}  model={result.model}  accuracy {100 * result.accuracy:.1f}% "
+        f"(95% CI {100 * lo:.1f}-{100 * hi:.1f})  n={result.n}  f1 {result.f1:.2f}  "
+        f"judge={result.judge}  [search: {result.search['label']}]"
+    )
+
+
+def end_reasons_line(result: EvalResult) -> str:
+    """The end-reason histogram as one line, most frequent first."""
+    parts = ", ".join(f"{reason} {count}" for reason, count in result.end_reasons.items())
+    return f"end reasons: {parts}  (searches/episode {result.searches_per_episode:.2f}, {result.seconds:.1f} s)"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_result(result: EvalResult, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``predictions.jsonl`` then ``score.json`` into ``out_dir``; return both paths.
+
+    The score is written last, so a ``score.json`` always has its full predictions beside it.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    preds_path, score_path = out / "predictions.jsonl", out / "score.json"
+    _write_atomic(preds_path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions))
+    _write_atomic(score_path, json.dumps(result.score_dict(), indent=2, ensure_ascii=False) + "\n")
+    return preds_path, score_path
