@@ -1,0 +1,331 @@
+"""Supervised fine-tuning on per-step examples: the loss, its config and a plain CPU loop.
+
+``sft_loss`` is the one place the training objective lives (the DeepSpeed ranks call
+it too); ``train`` is the single-process AdamW loop that fine-tunes the toy world's
+models and trains their bases from scratch on a mix of per-step examples and raw
+passage text. It is deterministic per seed: the batch plan comes from
+``learner.data.make_batches`` and the model runs on one thread by default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from learner.data import IGNORE, SFTExample, collate, make_batches, tokenize_all
+
+log = logging.getLogger(__name__)
+
+#: architectures whose logits are exactly lm_head(last hidden state), so the loss may
+#: run the head only on the positions that carry a label (see ``sft_loss``)
+_PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over the labelled tokens; returns (loss, n_target_tokens).
+
+    Position t predicts labels[t + 1]; IGNORE labels (prompt, bos, padding) add
+    nothing. With per-sequence ``weights`` in the batch, each token counts with its
+    sequence's weight (all 1: the plain token mean). For plain-head architectures the
+    output layer runs only on labelled positions, which for per-step examples (short
+    completions after long prompts) skips most of the vocabulary projection.
+    """
+    inner = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    n_target = int(keep.sum())
+    if n_target == 0:
+        raise ValueError("sft_loss: the batch has no labelled tokens")
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if getattr(inner.config, "model_type", None) in _PLAIN_HEAD_MODELS:
+        hidden = inner.get_decoder()(**inputs, use_cache=False).last_hidden_state[:, :-1]
+        logits = inner.get_output_embeddings()(hidden[keep])
+    else:
+        logits = model(**inputs, use_cache=False).logits[:, :-1][keep]
+    token_loss = F.cross_entropy(logits.float(), targets[keep], reduction="none")
+    weights = batch.get("weights")
+    if weights is None:
+        return token_loss.mean(), n_target
+    w = weights.to(token_loss.dtype)[:, None].expand_as(targets)[keep]
+    return (token_loss * w).sum() / w.sum(), n_target
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one supervised fine-tuning (or from-scratch) run."""
+
+    lr: float = 1e-3
+    """Peak learning rate of AdamW, reached after warmup."""
+    epochs: int = 1
+    """Passes over the examples (ignored when max_steps > 0)."""
+    max_steps: int = 0
+    """If > 0, train exactly this many optimizer steps, reshuffling at each epoch end."""
+    batch_size: int = 32
+    """Sequences per optimizer step (used when batch_tokens is 0)."""
+    batch_tokens: int = 0
+    """If > 0, size batches by padded tokens (rows x longest row) instead of batch_size."""
+    warmup_steps: int = 20
+    """Steps of linear warmup from 0 to lr."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup, down to 0 at the last step (constant: stay at lr)."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay on matrices (not on norms, biases)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+    seed: int = 0
+    """Seeds the batch order and torch's RNG: the same seed gives the same run."""
+    max_len: int = 256
+    """Longest training sequence in tokens (longer prompts lose their start)."""
+    log_every: int = 10
+    """Log the loss (and refresh the progress bar) every this many steps."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """bf16: bf16 autocast (weights stay fp32); auto: bf16 where the CPU has native bf16."""
+    num_threads: int = 1
+    """torch intra-op threads while training (1: processes sharing a small CPU don't fight)."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": self.lr > 0,
+            "epochs": self.epochs >= 1,
+            "max_steps": self.max_steps >= 0,
+            "batch_size": self.batch_size >= 1,
+            "batch_tokens": self.batch_tokens == 0 or self.batch_tokens >= self.max_len,
+            "warmup_steps": self.warmup_steps >= 0,
+            "schedule": self.schedule in ("cosine", "linear", "constant"),
+            "weight_decay": self.weight_decay >= 0,
+            "grad_clip": self.grad_clip >= 0,
+            "max_len": self.max_len >= 2,
+            "log_every": self.log_every >= 1,
+            "precision": self.precision in ("auto", "fp32", "bf16"),
+            "num_threads": self.num_threads >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"TrainConfig: bad {name}={getattr(self, name)!r}")
+
+
+@dataclass
+class TrainResult:
+    """What a run did: per-step losses and throughput (tokens = non-padding input tokens)."""
+
+    losses: list[float]
+    steps: int
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    target_tokens: int = 0
+    skipped: int = 0
+    precision: str = "fp32"
+    out_dir: str | None = None
+    lrs: list[float] = field(default_factory=list, repr=False)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak lr at 0-based ``step``: linear warmup, then the decay."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup + 1) / max(1, total - warmup)
+    progress = min(1.0, progress)
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _bf16_native() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (otherwise bf16 is emulated and slow)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _load(model, tokenizer):
+    """The model and tokenizer objects, loading either from a Hugging Face dir when given a path."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"train: {path} is not a Hugging Face model dir (no config.json)")
+        tokenizer = tokenizer if tokenizer is not None else path
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    if tokenizer is None:
+        raise ValueError("train: a tokenizer is required when the model is given as an object")
+    return model, tokenizer
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (norm scales and biases are not decayed)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def save_atomic(model, tokenizer, out_dir: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write a Hugging Face dir (safetensors + tokenizer [+ training.json]) all at once.
+
+    Everything goes to a temporary sibling first and is renamed into place, so a crash
+    never leaves a half-written checkpoint under ``out_dir``; an older dir there is
+    replaced.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if meta is not None:
+            (tmp / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _epoch_batches(data, cfg: TrainConfig, epoch: int) -> list[list[int]]:
+    """The batch plan of one epoch: length-grouped, seeded by (seed, epoch)."""
+    size = {"batch_tokens": cfg.batch_tokens} if cfg.batch_tokens else {"batch_size": cfg.batch_size}
+    return make_batches(data, shuffle_seed=(cfg.seed, epoch), **size)
+
+
+def _plan(data, cfg: TrainConfig) -> tuple[int, Iterator[list[int]]]:
+    """(total steps, iterator of index batches) for the whole run."""
+    if cfg.max_steps:
+        total = cfg.max_steps
+
+        def cycle():
+            epoch = 0
+            while True:
+                yield from _epoch_batches(data, cfg, epoch)
+                epoch += 1
+
+        batches = cycle()
+    else:
+        plans = [_epoch_batches(data, cfg, e) for e in range(cfg.epochs)]
+        total = sum(len(p) for p in plans)
+        batches = (b for p in plans for b in p)
+    return total, batches
+
+
+def train(
+    model,
+    tokenizer,
+    examples: Sequence[SFTExample | str],
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` (an HF causal LM object, changed in place, or a model dir) on ``examples``.
+
+    Examples mix per-step ``SFTExample``s (loss on the completion) and raw texts
+    (language modelling on every token). With ``out_dir`` the trained model and its
+    tokenizer are saved there atomically. The model is left in eval mode.
+    """
+    if isinstance(model, (str, os.PathLike)) and out_dir is None:
+        raise ValueError(
+            "train: out_dir is required when the model is loaded from a dir (else the result is lost)"
+        )
+    model, tokenizer = _load(model, tokenizer)
+    data, skipped = tokenize_all(tokenizer, examples, cfg.max_len)
+    if not data:
+        raise ValueError(f"train: no trainable sequences ({skipped} examples skipped as longer than max_len)")
+    vocab = model.get_input_embeddings().num_embeddings
+    top = max(max(t.input_ids) for t in data)
+    if top >= vocab:
+        raise ValueError(f"train: the tokenizer produced id {top} but the model has only {vocab} embeddings")
+    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    precision = "bf16" if cfg.precision == "bf16" or (cfg.precision == "auto" and _bf16_native()) else "fp32"
+
+    threads, attn = torch.get_num_threads(), getattr(model.config, "_attn_implementation", None)
+    torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    if precision == "bf16" and attn == "sdpa" and hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")  # measured: CPU SDPA gains nothing from bf16, eager does
+    try:
+        total, batches = _plan(data, cfg)
+        opt = _optimizer(model, cfg)
+        losses, lrs, tokens, targets = [], [], 0, 0
+        model.train()
+        bar = tqdm(total=total, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
+        start = time.perf_counter()
+        for step in range(total):
+            batch = collate([data[i] for i in next(batches)], pad_id)
+            lr = cfg.lr * lr_factor(step, total, cfg.warmup_steps, cfg.schedule)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss, n_target = sft_loss(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"train: loss is {loss.item()} at step {step} (lr {lr:.2e} too high?)"
+                )
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            lrs.append(lr)
+            tokens += int(batch["attention_mask"].sum())
+            targets += n_target
+            bar.update(1)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+                recent = losses[-cfg.log_every :]
+                mean = sum(recent) / len(recent)
+                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.1e}")
+                log.info("step %d/%d loss %.4f lr %.2e", step + 1, total, mean, lr)
+        seconds = time.perf_counter() - start
+        bar.close()
+    finally:
+        model.eval()
+        torch.set_num_threads(threads)
+        if attn is not None and getattr(model.config, "_attn_implementation", attn) != attn:
+            model.set_attn_implementation(attn)
+    result = TrainResult(
+        losses=losses,
+        steps=total,
+        tokens=tokens,
+        seconds=seconds,
+        tokens_per_s=tokens / max(seconds, 1e-9),
+        target_tokens=targets,
+        skipped=skipped,
+        precision=precision,
+        lrs=lrs,
+    )
+    if out_dir is not None:
+        meta = {
+            "config": asdict(cfg),
+            "steps": total,
+            "tokens": tokens,
+            "skipped": skipped,
+            "final_loss": sum(losses[-cfg.log_every :]) / len(losses[-cfg.log_every :]),
+            "precision": precision,
+        }
+        result.out_dir = str(save_atomic(model, tokenizer, out_dir, meta))
+    return result
