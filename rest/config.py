@@ -104,6 +104,77 @@ class EvalConfig:
 
 
 @dataclass
+class ModelsConfig:
+    """The model family: the policy L and the students distilled from its data."""
+
+    policy: str = _f("", "L: the policy's starting checkpoint (empty: the toy world's L-warm).")
+    students: dict[str, str] = _f(
+        {}, "Student name -> starting checkpoint, e.g. {S: dir, XS: dir} (empty: the toy world's S/XS bases)."
+    )
+
+
+@dataclass
+class RankerConfig:
+    """AI feedback: which ranker scores every LLM step's K samples."""
+
+    kind: Literal["critic", "llm-judge", "oracle", "random"] = _f(
+        "critic", "critic: label-free heuristics (default); llm-judge: the paper's ranking prompt; "
+        "oracle: gold facts (toy world ablation ceiling); random: control."
+    )
+    num_actors: int = _f(1, "RankerActor replicas.", min=1)
+    num_cpus: float = _f(0.25, "CPUs reserved per ranker actor.", min=0.0)
+    num_gpus: float = _f(0.0, "GPUs per ranker actor (llm-judge on GPU).", min=0.0)
+    judge_model: str = _f("", "llm-judge: the judge's model directory or hub id.")
+    judge_backend: Literal["hf", "vllm"] = _f("hf", "llm-judge: inference engine of the judge.")
+    judge_max_new_tokens: int = _f(96, "llm-judge: token cap of the explanation + best + ranking.", min=8)
+    seed: int = _f(0, "Seed of the random ranker and of tie-breaking.")
+
+
+@dataclass
+class LearnerConfig:
+    """The DeepSpeed learner group that fine-tunes L and distils the students."""
+
+    world_size: int = _f(2, "DeepSpeed ranks (Ray actors in one placement group).", min=1)
+    zero_stage: int = _f(0, "ZeRO stage 0-3.", min=0, max=3)
+    precision: Literal["fp32", "bf16", "fp16"] = _f("fp32", "Training precision (bf16 on GPUs that have it).")
+    backend: Literal["auto", "gloo", "nccl"] = _f("auto", "torch.distributed backend (auto: nccl with GPUs, else gloo).")
+    lr: float = _f(1e-3, "Peak learning rate (AdamW, warmup then cosine decay).", min=0.0)
+    epochs: int = _f(2, "Passes over the growing batch per fine-tune.", min=1)
+    batch_size: int = _f(32, "Global batch size in examples (split across ranks).", min=1)
+    max_len: int = _f(512, "Token cap of one example (prompt cut from the left).", min=16)
+    warmup_steps: int = _f(10, "Linear warmup steps.", min=0)
+    weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
+    grad_clip: float = _f(1.0, "Gradient norm clip (0 = off).", min=0.0)
+    num_cpus_per_rank: float = _f(0.5, "CPUs reserved per rank actor.", min=0.0)
+    num_gpus_per_rank: float = _f(0.0, "GPUs per rank actor.", min=0.0)
+    transport: Literal["object_store", "collective"] = _f(
+        "object_store", "Weight broadcast: the Ray object store, or a gloo/NCCL group from rank 0 to the samplers."
+    )
+    timeout_s: float = _f(1800.0, "Longest a fine-tune may take before the generation fails.", min=1.0)
+
+
+@dataclass
+class RestConfig:
+    """The ReST loop: generations, rollout shape, samplers."""
+
+    generations: int = _f(2, "Self-improvement generations after the warm start.", min=1)
+    trajectories_per_question: list[int] = _f(
+        [1, 2], "Trajectories per training question at each generation (the last value repeats).", min=1, nonempty=True
+    )
+    train_dataset: str = _f("toy-train", "Questions the rollouts use (unlabeled): toy-train, or a JSONL file.")
+    eval_datasets: list[str] = _f(["toy-test"], "Datasets every model is evaluated on at every generation.")
+    num_samplers: int = _f(2, "SamplerActor replicas.", min=1)
+    sampler_num_cpus: float = _f(0.5, "CPUs reserved per sampler actor.", min=0.0)
+    sampler_num_gpus: float = _f(0.0, "GPUs per sampler actor.", min=0.0)
+    questions_per_task: int = _f(32, "Question ids per sampler call (the unit of work and of retry).", min=1)
+    continue_with: Literal["perplexity", "ranker"] = _f(
+        "perplexity", "Which sample a rollout continues with: lowest perplexity (paper) or the ranker's pick."
+    )
+    call_timeout_s: float = _f(900.0, "Longest any one Ray call may take before it counts as failed.", min=1.0)
+    max_task_retries: int = _f(2, "Times a failed sampler task is resubmitted to another replica.", min=0)
+
+
+@dataclass
 class Config:
     """A whole run's configuration: one field per section; ``source`` is the file it came from."""
 
@@ -112,6 +183,10 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    rest: RestConfig = field(default_factory=RestConfig)
     source: str = "<defaults>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,10 +283,13 @@ def build_section(cls: type, raw: Any, where: str, source: str) -> Any:
         except TypeError as e:
             raise ConfigError(f"{source}: {dotted}: {e}") from None
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        if lo is not None and value < lo:
-            raise ConfigError(f"{source}: {dotted}: must be >= {lo}, got {value!r}")
-        if hi is not None and value > hi:
-            raise ConfigError(f"{source}: {dotted}: must be <= {hi}, got {value!r}")
+        for item in value if isinstance(value, list) else [value]:
+            if lo is not None and item < lo:
+                raise ConfigError(f"{source}: {dotted}: must be >= {lo}, got {value!r}")
+            if hi is not None and item > hi:
+                raise ConfigError(f"{source}: {dotted}: must be <= {hi}, got {value!r}")
+        if f.metadata.get("nonempty") and not value:
+            raise ConfigError(f"{source}: {dotted}: must not be empty")
         if f.metadata.get("exists") and value and not Path(value).exists():
             raise ConfigError(f"{source}: {dotted}: file not found: {value}")
         values[key] = value
