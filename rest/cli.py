@@ -104,6 +104,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_world(args: argparse.Namespace) -> int:
+    """Build a toy world (data, tokenizer, demonstrations, base models, warm-start evals), or reuse it."""
+    from toyworld.world import build_world
+
+    try:
+        record = build_world(args.out, args.seed, args.size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(f"world {args.out}: seed {record['seed']}, size {record['size']}, "
+          f"{record['demos']['trajectories']} demonstrations (demonstrator accuracy "
+          f"{100 * record['demos']['accuracy']:.1f}%), built in {record['timings']['total']:.0f} s")
+    for name, ev in record["evals"].items():
+        lo, hi = ev["ci95"]
+        print(f"  {name:20s} toy-{ev['split']} accuracy {100 * ev['accuracy']:.1f}% "
+              f"(95% CI {100 * lo:.1f}-{100 * hi:.1f}, n={ev['n']}), parse rate {100 * ev['parse_rate']:.1f}%")
+    return 0
+
+
 def cmd_serve_search(args: argparse.Namespace) -> int:
     """Serve BM25 over a corpus on the Search-R1 retriever API."""
     from actors.search.server import serve_search_main
@@ -111,6 +129,13 @@ def cmd_serve_search(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.corpus):
         raise ConfigError(f"--corpus: file not found: {args.corpus}")
     return serve_search_main(args.corpus, args.host, args.port, args.cache_dir)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmarks side by side and write benchmarks/results.json."""
+    from benchmarks.run import main as bench_main
+
+    return bench_main(quick=args.quick)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,19 +171,48 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--search-url", help="a Search-R1 retriever endpoint, e.g. http://127.0.0.1:8000/retrieve")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser(
+        "world",
+        help="build a toy world + tokenizer + base models (cached)",
+        description="Build the toy world at DIR: corpus and question splits, auxiliary worlds, a tokenizer, "
+        "noisy demonstrations, XS/S/L base models (DIR/models/, L-warm = L-base) and their warm-start "
+        "scores (DIR/world.json). An existing world of the same seed and size is reused as is.",
+    )
+    p.add_argument("--out", required=True, help="world directory, e.g. worlds/toy-0")
+    p.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
+    p.add_argument("--size", choices=("tiny", "default"), default="default",
+                   help="tiny: a smoke-test world in about a minute; default: the CPU default run")
+    p.set_defaults(func=cmd_world)
+
     p = sub.add_parser("serve-search", help="serve BM25 over a corpus on the Search-R1 /retrieve API")
     p.add_argument("--corpus", required=True, help="JSONL or JSONL.gz passages {id,title,text}")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--cache-dir", default=".cache/bm25", help="where the BM25 index is cached")
     p.set_defaults(func=cmd_serve_search)
+
+    p = sub.add_parser("bench", help="benchmarks, ours vs baselines side by side (benchmarks/results.json)")
+    p.add_argument("--quick", action="store_true", help="small sizes: under 5 minutes")
+    p.set_defaults(func=cmd_bench)
     return parser
+
+
+def _quiet_libraries() -> None:
+    """Keep stdout for our own output: no accelerator guesses, no per-load progress bars."""
+    import torch
+    import transformers
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed prints its guess on stdout
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return args.func(args)
     except ConfigError as e:
