@@ -1,0 +1,210 @@
+"""The sampler: an inference engine plus the episode runner, tagged with a policy version.
+
+``Sampler`` is a plain class (tests use it without Ray); ``SamplerActor`` is its Ray
+shim, placed by the driver with ``.options(num_cpus=..., num_gpus=...)``. A sampler
+takes a batch of question ids and returns their trajectories, each stamped with the
+policy version of the weights that produced them. Weight sync is a checked protocol:
+``rollout`` refuses work (``StaleWeights``) unless the sampler holds exactly the
+version the driver expects, and new weights are loaded only after their checksum
+matches (object store: ``load_weights``; collective: ``join_weight_group`` then
+``receive_weights``).
+
+``RemoteSearch`` lets a sampler search through a ``SearchActor``: every call is a
+``ray.get`` with a timeout, and any failure (timeout, dead actor, remote error) is a
+``SearchError``, which the runner turns into ``search_failed`` episodes, never a hang.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import ray
+import torch
+
+from actors.engines.base import Engine
+from actors.ranker import StepRanker, best_sample, make_ranker, step_contexts
+from actors.search.base import Passage, SearchBackend, SearchError
+from agent.episode import Chooser, Episode
+from agent.runner import EpisodeRunner, one_line
+from agent.trajectory import Question, Step, Trajectory
+from learner.broadcast import WeightGroup, receive_state, weights_checksum
+from rest.config import Config
+from rest.resources import build_engine
+
+
+class StaleWeights(RuntimeError):
+    """A sampler was asked to work at a policy version other than the one it holds."""
+
+
+class Sampler:
+    """An engine + ``EpisodeRunner`` over a fixed question set (see the module doc).
+
+    The engine is built from ``cfg.engine`` with its model replaced by ``model`` (or
+    ``cfg.models.policy``; ``cfg.engine.model`` when both are empty). ``search=None``
+    runs closed book. The sampler starts at policy version 0.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        questions: Sequence[Question],
+        search: SearchBackend | None,
+        replica: int = 0,
+        model: str | None = None,
+    ):
+        torch.set_num_threads(cfg.engine.threads)
+        self.cfg = cfg
+        self.replica = replica
+        self.questions: dict[str, Question] = {}
+        for q in questions:
+            if q.id in self.questions:
+                raise ValueError(f"sampler: question id {q.id!r} appears twice")
+            self.questions[q.id] = q
+        engine_cfg = dataclasses.replace(cfg.engine, model=model or cfg.models.policy or cfg.engine.model)
+        self.engine: Engine = build_engine(dataclasses.replace(cfg, engine=engine_cfg))
+        self.version = 0
+        self.ranker: StepRanker | None = None
+        if cfg.rest.continue_with == "ranker":
+            if cfg.ranker.kind == "oracle":
+                raise ValueError(
+                    "rest.continue_with=ranker cannot use ranker.kind=oracle: samplers never see gold answers"
+                )
+            self.ranker = make_ranker(cfg.ranker)
+        self.runner = RankedRunner(self.engine, search, cfg.agent, self.ranker)
+        self.rollouts = 0
+        self._group: WeightGroup | None = None
+
+    def rollout(
+        self, question_ids: Sequence[str], expected_version: int, trajectories_per_question: int, seed: int
+    ) -> list[dict]:
+        """Trajectories (``Trajectory.to_dict()``) for each question id, ``trajectories_per_question`` each."""
+        if self.version != expected_version:
+            raise StaleWeights(
+                f"sampler {self.replica} holds weights v{self.version}, driver expects v{expected_version}"
+            )
+        missing = [qid for qid in question_ids if qid not in self.questions]
+        if missing:
+            raise KeyError(f"sampler {self.replica}: unknown question id {missing[0]!r}")
+        self.runner.cfg = dataclasses.replace(self.cfg.agent, seed=seed)
+        self.runner.policy_version = self.version
+        trajs = self.runner.run([self.questions[qid] for qid in question_ids], trajectories_per_question)
+        self.rollouts += 1
+        return [t.to_dict() for t in trajs]
+
+    # ------------------------------------------------------------ weights
+
+    def load_weights(self, state: Mapping[str, torch.Tensor], version: int, checksum: str) -> str:
+        """Load ``state`` as policy ``version`` once its checksum matches; returns the checksum."""
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise ValueError(f"sampler {self.replica}: version must be an int >= 0, got {version!r}")
+        got = weights_checksum(state)
+        if got != checksum:
+            raise ValueError(
+                f"sampler {self.replica}: weights checksum mismatch for v{version}: "
+                f"received {got[:16]}..., expected {str(checksum)[:16]}..."
+            )
+        self.engine.load_weights(state, version)
+        self.version = version
+        return got
+
+    def join_weight_group(self, master_addr: str, master_port: int, rank: int, world_size: int) -> None:
+        """Join the learner's weight-broadcast group as ``rank`` (>= 1; rank 0 is the learner)."""
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"sampler {self.replica}: weight group rank must be >= 1 (0 is the learner), got {rank!r}")
+        if self._group is not None:
+            self._group.close()
+        self._group = WeightGroup(master_addr, master_port, rank, world_size, timeout_s=self.cfg.rest.call_timeout_s)
+
+    def receive_weights(self, version: int, checksum: str, meta: list) -> str:
+        """Receive rank 0's broadcast of the flat weights, unflatten, verify and load them."""
+        if self._group is None:
+            raise RuntimeError(f"sampler {self.replica}: receive_weights before join_weight_group")
+        state = receive_state(self._group, meta)
+        return self.load_weights(state, version, checksum)
+
+    def leave_weight_group(self) -> None:
+        """Close the weight group (the driver calls it at shutdown); safe without one."""
+        if self._group is not None:
+            self._group.close()
+            self._group = None
+
+    # ------------------------------------------------------------ health
+
+    def stats(self) -> dict:
+        """The runner's counters plus this sampler's replica, version and rollout count."""
+        return {"replica": self.replica, "version": self.version, "rollouts": self.rollouts,
+                **self.runner.stats.to_dict()}
+
+    def ping(self) -> int:
+        return self.version
+
+
+class RankedRunner(EpisodeRunner):
+    """``EpisodeRunner`` that, given a ranker, continues each step with the ranker's best sample.
+
+    The ranker scores a step from the trajectory so far, so each episode gets its own
+    chooser bound to its trajectory. Without a ranker it is the plain runner
+    (lowest perplexity).
+    """
+
+    def __init__(self, engine: Engine, search: SearchBackend | None, cfg, ranker: StepRanker | None):
+        super().__init__(engine, search, cfg)
+        self.ranker = ranker
+
+    def _new_episode(self, q: Question, j: int) -> Episode:
+        ep = super()._new_episode(q, j)
+        if self.ranker is not None:
+            ep.choose = ranker_chooser(self.ranker, ep.traj)
+        return ep
+
+
+def ranker_chooser(ranker: StepRanker, traj: Trajectory) -> Chooser:
+    """A chooser for ``traj``'s episode: the ranker's best parseable sample (ties: lower NLL).
+
+    The episode appends the step to ``traj`` before it chooses, so the step is the
+    trajectory's last and its context is what came before it. The chooser records the
+    scores and the pick on the step.
+    """
+
+    def choose(step: Step, parsed: list[object | None]) -> int | None:
+        if not traj.steps or traj.steps[-1] is not step:
+            raise RuntimeError("ranker chooser: the step is not the last step of its trajectory")
+        _, ctx = step_contexts(traj)[-1]
+        scores = ranker.score(step, ctx)
+        step.scores = [float(s) for s in scores]
+        step.ranker_best = best_sample(step, step.scores, [p is not None for p in parsed])
+        return step.ranker_best
+
+    return choose
+
+
+class RemoteSearch:
+    """A ``SearchBackend`` over a ``SearchActor``: bounded waits, every failure a ``SearchError``."""
+
+    def __init__(self, actor, timeout_s: float):
+        if not timeout_s > 0:
+            raise ValueError(f"RemoteSearch: timeout_s must be > 0, got {timeout_s!r}")
+        self.actor = actor
+        self.timeout_s = float(timeout_s)
+
+    def search(self, queries: Sequence[str], topk: int) -> list[list[Passage]]:
+        try:
+            ref = self.actor.search.remote(list(queries), topk)
+            return ray.get(ref, timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            _cancel(ref)
+            raise SearchError(f"search actor did not answer within {self.timeout_s:g}s") from None
+        except Exception as e:  # dead actor, remote error, serialization: the runner records it
+            raise SearchError(f"search actor failed: {type(e).__name__}: {one_line(e, 200)}") from None
+
+
+def _cancel(ref) -> None:
+    """Best effort: drop a timed-out search still queued on the actor (a running one cannot be stopped)."""
+    try:
+        ray.cancel(ref)
+    except Exception:  # cancelling is only a courtesy; the caller already reports the timeout
+        pass
+
+
+SamplerActor = ray.remote(Sampler)
