@@ -122,6 +122,49 @@ def cmd_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run (or ``--resume``) the ReST loop in runs/NAME; config problems exit 2, run failures 1.
+
+    Without ``--address`` an embedded local Ray cluster is started (dashboard on
+    127.0.0.1); ``auto`` joins the local node's cluster (what ``ray job submit`` jobs
+    do); ``ray://HOST:10001`` connects through Ray Client.
+    """
+    import time
+
+    import ray
+
+    from rest.cluster import connect
+    from rest.loop import ReSTLoop
+    from rest.run_dir import open_run
+
+    if not args.config and not args.resume:
+        raise ConfigError("--config: required (or --resume --name NAME)")
+    if args.overrides and not args.config:
+        raise ConfigError("--set: needs --config (a resumed run keeps its own config.yaml)")
+    if args.resume and not args.name:
+        raise ConfigError("--resume: needs --name of the run to resume")
+    cfg = _config(args) if args.config else None
+    name = args.name or f"{os.path.basename(args.config).rsplit('.', 1)[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run, cfg = open_run(args.runs_dir, name, cfg, args.resume)
+    print(connect(args.address, cfg), flush=True)
+    try:
+        loop = ReSTLoop(cfg, run, progress=not args.no_progress)
+        report = loop.run_all()
+    except ConfigError:
+        raise
+    except (RuntimeError, ValueError, OSError, ray.exceptions.RayError) as e:
+        text = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {text[:500]} (resume with: rest-react run --resume --name {name})", file=sys.stderr)
+        return 1
+    finally:
+        ray.shutdown()
+    best = {(r["model"], r["dataset"]): r for r in report["evals"]}
+    for (model, dataset), r in sorted(best.items()):
+        print(f"  {model:3s} {dataset}: gen {r['gen']} accuracy {100 * r['accuracy']:.1f}% (n={r['n']})")
+    print(f"run dir: {run.root}")
+    return 0
+
+
 def cmd_serve_search(args: argparse.Namespace) -> int:
     """Serve BM25 over a corpus on the Search-R1 retriever API."""
     from actors.search.server import serve_search_main
@@ -183,6 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("tiny", "default"), default="default",
                    help="tiny: a smoke-test world in about a minute; default: the CPU default run")
     p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser(
+        "run",
+        help="run the ReST loop (rollout, rank, store, finetune, broadcast, distil, eval, report)",
+        description="Run growing-batch ReST in RUNS_DIR/NAME: config.yaml, state.json, batch/, trajectories/, "
+        "checkpoints/, evals/, metrics.jsonl, report.json. --resume continues a run after its last finished phase.",
+    )
+    _add_config_args(p, required=False)
+    p.add_argument("--name", help="run name (default: <config name>-<date>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue runs/NAME after its last finished phase")
+    p.add_argument("--address", help="Ray cluster: auto | ray://HOST:PORT | HOST:PORT (GCS) (default: an embedded local cluster)")
+    p.add_argument("--runs-dir", default="runs", help="where run dirs live (default: runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("serve-search", help="serve BM25 over a corpus on the Search-R1 /retrieve API")
     p.add_argument("--corpus", required=True, help="JSONL or JSONL.gz passages {id,title,text}")

@@ -1,0 +1,198 @@
+"""The growing batch: ReST's training set, one record per ranked LLM step, kept on disk.
+
+Every generation appends the best sample of every LLM step of its rollouts (DESIGN
+section 1: "the pair (step input, best output) is one training example"), and every
+fine-tune trains on ALL generations so far. The store is append-only per generation:
+``batch/gen-<k>.jsonl`` is written whole, through a temporary file and a rename, so a
+crash never leaves half a generation and writing generation k again replaces it (a
+resumed ``store`` phase cannot duplicate records).
+
+A record keeps everything needed to audit or re-rank the step later: the prompt, all
+K samples (text, token count, summed log-probability), which ones parsed, the ranker's
+scores, ``chosen`` (the ranker's pick, the training target), ``continued`` (the sample
+the rollout went on with) and the policy version that sampled it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.trajectory import Step, Trajectory
+from learner.data import SFTExample
+
+#: the keys every record has
+RECORD_KEYS = (
+    "gen", "question_id", "trajectory_id", "step_index", "step_kind", "prompt", "samples",
+    "parse_ok", "scores", "chosen", "continued", "policy_version",
+)
+_GEN_FILE = re.compile(r"^gen-(\d+)\.jsonl$")
+
+
+class BatchError(ValueError):
+    """A batch file is unreadable or a record is malformed; one line naming file and line."""
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling and a rename (all or nothing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
+    """Write ``rows`` as JSON Lines atomically; returns how many."""
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+    write_atomic(path, "".join(lines))
+    return len(lines)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every line of a JSONL file as a dict; a bad line is a BatchError naming it."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BatchError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise BatchError(f"{path}:{lineno}: expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------ step -> record
+
+
+def usable(step: Step, i: int) -> bool:
+    """Whether sample ``i`` can be a training target: it parsed and is one line."""
+    ok = step.parse_ok[i] if i < len(step.parse_ok) else False
+    return ok and "\n" not in step.samples[i].text
+
+
+def best_usable(step: Step) -> int | None:
+    """The sample to train on: the ranker's pick if usable, else the best-scored usable one.
+
+    Samples that did not parse are never chosen; a step with none usable gives None.
+    """
+    candidates = [i for i in range(len(step.samples)) if usable(step, i)]
+    if not candidates:
+        return None
+    if step.ranker_best is not None and step.ranker_best in candidates:
+        return step.ranker_best
+    scores = step.scores or [0.0] * len(step.samples)
+    return max(candidates, key=lambda i: (scores[i], -step.samples[i].mean_nll, -i))
+
+
+def step_records(gen: int, traj: Trajectory) -> list[dict[str, Any]]:
+    """One record per LLM step of ``traj`` that has a usable sample (see ``best_usable``)."""
+    out = []
+    for index, step in enumerate(traj.steps):
+        if not step.is_llm or not step.samples:
+            continue
+        chosen = best_usable(step)
+        if chosen is None:
+            continue
+        out.append({
+            "gen": gen,
+            "question_id": traj.question_id,
+            "trajectory_id": traj.id,
+            "step_index": index,
+            "step_kind": step.kind,
+            "prompt": step.prompt,
+            "samples": [[s.text, s.n_tokens, s.sum_logprob] for s in step.samples],
+            "parse_ok": list(step.parse_ok),
+            "scores": list(step.scores) if step.scores is not None else None,
+            "chosen": chosen,
+            "continued": step.chosen,
+            "policy_version": step.policy_version,
+        })
+    return out
+
+
+def to_example(record: dict[str, Any]) -> SFTExample:
+    """The training example of a record: the step's prompt -> its chosen sample + the stop string."""
+    return SFTExample(prompt=record["prompt"], completion=record["samples"][record["chosen"]][0] + "\n")
+
+
+# ------------------------------------------------------------ the store
+
+
+@dataclass
+class GrowingBatch:
+    """``batch/gen-<k>.jsonl`` files under ``root``: one per finished ``store`` phase."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    def path(self, gen: int) -> Path:
+        return self.root / f"gen-{gen}.jsonl"
+
+    def write_gen(self, gen: int, records: Sequence[dict[str, Any]]) -> int:
+        """Write generation ``gen``'s records whole (replacing any earlier write of it)."""
+        if gen < 1:
+            raise ValueError(f"batch generations start at 1, got {gen}")
+        for r in records:
+            _check_record(r, f"gen {gen} record")
+            if r["gen"] != gen:
+                raise ValueError(f"record of gen {r['gen']} written into gen {gen}")
+        keys = [(r["trajectory_id"], r["step_index"]) for r in records]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"gen {gen}: duplicate (trajectory_id, step_index) records")
+        return write_jsonl(self.path(gen), records)
+
+    def gens(self) -> list[int]:
+        """The generations stored, ascending."""
+        if not self.root.is_dir():
+            return []
+        found = (_GEN_FILE.match(p.name) for p in self.root.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def read_gen(self, gen: int) -> list[dict[str, Any]]:
+        path = self.path(gen)
+        if not path.is_file():
+            raise BatchError(f"{path}: generation {gen} is not in the batch")
+        rows = read_jsonl(path)
+        for lineno, r in enumerate(rows, start=1):
+            _check_record(r, f"{path}:{lineno}")
+        return rows
+
+    def all(self, upto: int | None = None) -> list[dict[str, Any]]:
+        """Every record of generations 1..``upto`` (default: all stored), in generation order."""
+        return [r for g in self.gens() if upto is None or g <= upto for r in self.read_gen(g)]
+
+    def examples(self, upto: int | None = None) -> list[SFTExample]:
+        return [to_example(r) for r in self.all(upto)]
+
+
+def _check_record(r: Any, where: str) -> None:
+    if not isinstance(r, dict):
+        raise BatchError(f"{where}: not a mapping")
+    missing = [k for k in RECORD_KEYS if k not in r]
+    if missing:
+        raise BatchError(f"{where}: missing keys {', '.join(missing)}")
+    samples, chosen = r["samples"], r["chosen"]
+    if not isinstance(chosen, int) or not 0 <= chosen < len(samples):
+        raise BatchError(f"{where}: chosen={chosen!r} is not an index into its {len(samples)} samples")
+    if not r["parse_ok"][chosen]:
+        raise BatchError(f"{where}: chosen sample {chosen} did not parse")

@@ -1,0 +1,92 @@
+"""Score trajectories that sampler actors produced into the same ``EvalResult`` that ``rest-react eval`` writes.
+
+The driver evaluates on actors (questions split across short-lived samplers holding
+the checkpoint), so ``evals.qa.evaluate``, which runs its own engine, does not fit;
+this module does the scoring half of it with the same metrics and the same record
+shape, so ``score.json`` / ``predictions.jsonl`` mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.trajectory import Trajectory
+from evals.datasets import Dataset
+from evals.metrics import contains, exact_match, token_f1, wilson_ci
+from evals.qa import JUDGE_DETERMINISTIC, TARGETED_CORPORA, TARGETED_LABEL, EvalResult, end_reason_key
+from rest.config import Config, SearchConfig
+
+
+def search_info(cfg: SearchConfig) -> dict[str, Any]:
+    """Where the agent searched, labelled like ``evals.qa.describe_search`` does."""
+    if cfg.backend == "bm25":
+        name = Path(cfg.corpus).name
+        targeted = name.startswith(TARGETED_CORPORA)
+        label = f"bm25 {name}" + (f"; {TARGETED_LABEL}, not open-search accuracy" if targeted else "")
+        return {"backend": "bm25", "corpus": cfg.corpus, "targeted_corpus": targeted, "label": label}
+    return {"backend": "http", "url": cfg.url, "targeted_corpus": False, "label": f"http {cfg.url}"}
+
+
+def trajectory_counters(trajectories: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Episodes, LLM steps, samples, generated tokens and unparsed samples of trajectory dicts."""
+    c = Counter(episodes=len(trajectories))
+    for t in trajectories:
+        for s in t["steps"]:
+            if not s.get("samples"):
+                continue
+            c["llm_steps"] += 1
+            c["samples"] += len(s["samples"])
+            c["generated_tokens"] += sum(x["n_tokens"] for x in s["samples"])
+            c["parse_failures"] += list(s.get("parse_ok", [])).count(False)
+    return {k: c[k] for k in ("episodes", "llm_steps", "samples", "generated_tokens", "parse_failures")}
+
+
+def score(data: Dataset, trajectories: Sequence[dict[str, Any]], cfg: Config, model: str,
+          seconds: float) -> EvalResult:
+    """The deterministic-judge result of ``trajectories`` (one per question of ``data``, any order)."""
+    by_question = {t["question_id"]: Trajectory.from_dict(t) for t in trajectories}
+    questions = [q for q in data.questions if q.id in by_question]
+    if len(questions) != len(by_question):
+        raise ValueError(f"{data.name}: trajectories for questions not in the dataset")
+    predictions = []
+    for q in questions:
+        traj = by_question[q.id]
+        predictions.append({
+            "question_id": q.id,
+            "question": q.question,
+            "trajectory_id": traj.id,
+            "answer": traj.answer,
+            "golds": list(q.answers),
+            "exact_match": exact_match(traj.answer, q.answers),
+            "f1": token_f1(traj.answer, q.answers),
+            "contains": contains(traj.answer, q.answers),
+            "end_reason": traj.end_reason,
+            "searches_used": traj.searches_used,
+            "extra": dict(data.extras.get(q.id, {})),
+        })
+    n = len(predictions)
+    if n == 0:
+        raise ValueError(f"{data.name}: nothing to score")
+    k = sum(p["exact_match"] for p in predictions)
+    agent = dataclasses.replace(cfg.agent, temperature=cfg.eval.temperature, k_samples=cfg.eval.k_samples)
+    return EvalResult(
+        dataset=data.name,
+        model=model,
+        n=n,
+        accuracy=k / n,
+        ci95=wilson_ci(k, n),
+        f1=sum(p["f1"] for p in predictions) / n,
+        contains=sum(p["contains"] for p in predictions) / n,
+        judge=JUDGE_DETERMINISTIC,
+        search=search_info(cfg.search),
+        end_reasons=dict(Counter(end_reason_key(by_question[q.id]) for q in questions).most_common()),
+        searches_per_episode=sum(p["searches_used"] for p in predictions) / n,
+        agent=dataclasses.asdict(agent),
+        runner_stats=trajectory_counters(trajectories),
+        seconds=seconds,
+        predictions=predictions,
+    )

@@ -1,0 +1,457 @@
+"""The ReST driver: growing-batch self-improvement of the ReAct agent, one timed phase at a time.
+
+``ReSTLoop.generation`` is the algorithm (DESIGN section 2); each phase is a method
+below it that reads what the earlier phases left in the run dir, writes its own
+output atomically and returns its counters. ``_phase`` times it, logs it (a line on
+the terminal, Ray metrics, a line in ``metrics.jsonl``) and marks it finished in
+``state.json``, so ``--resume`` re-enters at the first unfinished phase and nothing is
+lost or done twice.
+
+Where the fine-tunes start (a choice, documented here and in the README): the paper
+grows the batch (gen 2 trains on the gen-1 and gen-2 trajectories together) and
+fine-tunes L on it, then distils S and XS "on the same data". We start every
+generation's fine-tune of a model from that model's *starting* checkpoint (L: the warm
+start, a student: its base) on ALL records so far, as ReST-EM does: continuing from
+the previous generation's checkpoint would train twice on the older generations'
+examples, overweighting them as the batch grows. Rollouts of generation k come from
+the gen-(k-1) policy (version k-1), so each generation still improves on the last.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import ray
+from tqdm import tqdm
+
+from agent.trajectory import Question, Trajectory
+from evals.datasets import Dataset, read_dataset
+from evals.qa import check_judge, write_result
+from rest.batch import GrowingBatch, read_jsonl, step_records, write_atomic, write_jsonl
+from rest.config import Config
+from rest.evaluation import score, trajectory_counters
+from rest.metrics import RunMetrics
+from rest.run_dir import RunDir
+from rest.state import RunState
+from rest.workers import SamplerPool, make_tasks
+
+#: losses averaged for the reported "final" learner loss
+LOSS_TAIL = 5
+
+
+class RunError(RuntimeError):
+    """A run failed in a way a rerun with ``--resume`` may fix; the message is one line."""
+
+
+class ReSTLoop:
+    """One run of ReST in ``run`` with the (resolved) ``cfg``; Ray must be initialised."""
+
+    def __init__(self, cfg: Config, run: RunDir, progress: bool = True):
+        check_judge(cfg.eval)  # a judge the run cannot apply is a config error before any work
+        self.cfg, self.run = cfg, run
+        self.state = RunState.load(run.state)
+        self.batch = GrowingBatch(run.batch)
+        self.metrics = RunMetrics(run.metrics, run.name)
+        self.progress = progress
+        self.train = read_dataset(cfg.rest.train_dataset, cfg.world.dir or None)
+        if cfg.rest.max_train_questions:
+            self.train.questions = self.train.questions[: cfg.rest.max_train_questions]
+        self._fitted_policy: int | None = None  # generation whose L weights the learner holds
+        self._weights: dict[int, tuple[ray.ObjectRef, str]] = {}
+        self._actors = 0
+
+    # ================================================================ the algorithm
+
+    def run_all(self) -> dict[str, Any]:
+        """Evaluate the warm start (generation 0) once, then run the remaining generations."""
+        self.say(f"run {self.run.root}: resuming at {self.state.resume_point()}, "
+                 f"{len(self.train.questions)} training questions")
+        try:
+            for gen in self.state.remaining_generations(self.cfg.rest.generations):
+                if gen == 0:
+                    self._phase(0, "eval", self.evaluate)
+                    self._phase(0, "report", self.report)
+                else:
+                    self.generation(gen)
+        finally:
+            self.close()
+        return json.loads(self.run.report.read_text())
+
+    def generation(self, gen: int) -> None:
+        """One generation of growing-batch ReST (Aksitov et al. 2023, DESIGN section 1):
+
+        1. rollout:   run the agent on every training question (K samples per LLM step at
+                      temperature T, continuing with the lowest-perplexity one) with the
+                      samplers at policy version gen-1;
+        2. rank:      AI feedback scores the K samples of every step (the ranker's best);
+        3. store:     the best sample of every step joins the growing batch on disk;
+        4. finetune:  L fine-tunes on ALL the batch so far;
+        5. broadcast: the new L weights go to every sampler as version gen;
+        6. distil:    each student fine-tunes on the same batch;
+        7. eval:      every model is evaluated on the eval datasets;
+        8. report:    report.json is rewritten with everything so far.
+        """
+        self._phase(gen, "rollout", self.rollout)
+        self._phase(gen, "rank", self.rank)
+        self._phase(gen, "store", self.store)
+        self._phase(gen, "finetune", self.finetune)
+        self._phase(gen, "broadcast", self.broadcast)
+        self._phase(gen, "distil", self.distil)
+        self._phase(gen, "eval", self.evaluate)
+        self._phase(gen, "report", self.report)
+
+    def _phase(self, gen: int, name: str, body: Callable[[int], dict[str, Any]]) -> None:
+        """Run one phase unless already finished; time it, log it, then mark it done."""
+        if self.state.is_done(gen, name):
+            return
+        self.say(f"gen {gen} {name} ...")
+        t0 = time.perf_counter()
+        counters = body(gen)
+        seconds = time.perf_counter() - t0
+        self.metrics.phase_done(gen, name, seconds, counters)
+        self.state.mark(gen, name, {"seconds": round(seconds, 3), **counters},
+                        version=gen if name == "broadcast" else None)
+        shown = ", ".join(f"{k}={v}" for k, v in counters.items() if not isinstance(v, (dict, list)))
+        self.say(f"gen {gen} {name}: {seconds:.1f} s" + (f" ({shown})" if shown else ""))
+
+    # ================================================================ phases
+
+    def rollout(self, gen: int) -> dict[str, Any]:
+        """Every training question, ``tpq`` trajectories each, at the current policy version."""
+        tpq = self.cfg.rest.trajectories_per_question[min(gen, len(self.cfg.rest.trajectories_per_question)) - 1]
+        version = self.state.version
+        ids = [q.id for q in self.train.questions]
+        tasks = make_tasks(ids, self.cfg.rest.questions_per_task, lambda i: self._seed(gen, f"rollout-{i}"))
+        before = dict(self.pool.stats)
+        t0 = time.perf_counter()
+        with self._bar(len(ids) * tpq, f"gen {gen} rollout") as bar:
+            trajectories = self.pool.map(tasks, version, tpq, on_result=lambda _t, out: bar.update(len(out)))
+        seconds = time.perf_counter() - t0
+        per_question = Counter(t["question_id"] for t in trajectories)
+        if len({t["id"] for t in trajectories}) != len(trajectories) or set(per_question.values()) != {tpq} \
+                or set(per_question) != set(ids):
+            raise RunError(f"gen {gen} rollout: expected {tpq} trajectories for each of {len(ids)} questions, "
+                           f"got {len(trajectories)} for {len(per_question)}")
+        stale = [t["id"] for t in trajectories if t["policy_version"] != version]
+        if stale:
+            raise RunError(f"gen {gen} rollout: {len(stale)} trajectories not from version {version} ({stale[0]})")
+        write_jsonl(self.run.trajectories(gen), trajectories)
+        c = trajectory_counters(trajectories)
+        self.metrics.rollout(c["episodes"], c["generated_tokens"], c["parse_failures"], seconds)
+        pool = {k: self.pool.stats[k] - before[k] for k in before}
+        return {"version": version, "trajectories_per_question": tpq, **c,
+                "tokens_per_s": round(c["generated_tokens"] / max(seconds, 1e-9), 1),
+                "resubmitted": pool["resubmitted"], "replaced": pool["replaced"]}
+
+    def rank(self, gen: int) -> dict[str, Any]:
+        """The rankers fill ``scores``/``ranker_best`` on every LLM step, in place in the trajectory file."""
+        trajectories = read_jsonl(self.run.trajectories(gen))
+        n_chunks = max(1, min(len(trajectories), 4 * len(self.rankers)))
+        chunks = [trajectories[i::n_chunks] for i in range(n_chunks)]
+        refs = {self.rankers[i % len(self.rankers)].rank.remote(chunk): i for i, chunk in enumerate(chunks)}
+        deadline = time.monotonic() + self.cfg.rest.call_timeout_s * -(-n_chunks // len(self.rankers))
+        ranked: dict[int, list[dict]] = {}
+        with self._bar(len(trajectories), f"gen {gen} rank") as bar:
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    raise RunError(f"gen {gen} rank: rankers did not finish within the call timeout")
+                for ref in ready:
+                    i = refs.pop(ref)
+                    try:
+                        ranked[i] = ray.get(ref, timeout=self.cfg.rest.call_timeout_s)
+                    except ray.exceptions.RayError as e:
+                        raise RunError(f"gen {gen} rank: ranker failed: {_one_line(e)}") from None
+                    bar.update(len(ranked[i]))
+        by_id = {t["id"]: t for chunk in ranked.values() for t in chunk}
+        trajectories = [by_id[t["id"]] for t in trajectories]  # the rollout's order
+        steps = [s for t in trajectories for s in t["steps"] if s.get("samples")]
+        agree = sum(s["ranker_best"] is not None and s["ranker_best"] == s["chosen"] for s in steps)
+        agreement = agree / len(steps) if steps else 0.0
+        write_jsonl(self.run.trajectories(gen), trajectories)
+        self.metrics.agreement(agreement)
+        return {"ranker": self.cfg.ranker.kind, "llm_steps": len(steps), "ranker_agreement": round(agreement, 4),
+                "no_parseable": sum(s["ranker_best"] is None for s in steps)}
+
+    def store(self, gen: int) -> dict[str, Any]:
+        """The best sample of every LLM step, appended to the growing batch as generation ``gen``."""
+        trajectories = [Trajectory.from_dict(t) for t in read_jsonl(self.run.trajectories(gen))]
+        records = [r for t in trajectories for r in step_records(gen, t)]
+        llm_steps = sum(len(t.llm_steps()) for t in trajectories)
+        self.batch.write_gen(gen, records)
+        return {"records": len(records), "steps_without_usable_sample": llm_steps - len(records),
+                "batch_records": len(self.batch.all(upto=gen))}
+
+    def finetune(self, gen: int) -> dict[str, Any]:
+        """L fine-tunes from its starting checkpoint on every record of generations 1..gen."""
+        out = self.run.checkpoint("L", gen)
+        if _is_checkpoint(out):  # saved before a crash, not yet marked: keep it
+            return {"checkpoint": str(out), "kept": True}
+        examples = self.batch.examples(upto=gen)
+        if not examples:
+            raise RunError(f"gen {gen} finetune: the growing batch has no examples (no sampled step parsed; "
+                           f"see {self.run.trajectories(gen)})")
+        fit = self.learner.fit(self.cfg.models.policy, examples, str(out), seed=self._seed(gen, "fit-L"), name="L")
+        self._fitted_policy = gen
+        return self._fit_counters(fit)
+
+    def broadcast(self, gen: int) -> dict[str, Any]:
+        """The gen-``gen`` L weights go to every sampler as version ``gen``, checked by checksum."""
+        if self._fitted_policy == gen:
+            res = self.learner.broadcast(self.pool.actors, version=gen, transport=self.cfg.learner.transport)
+            info = {"transport": res.transport, "bytes": res.bytes, "checksum": res.checksum,
+                    "broadcast_seconds": round(res.seconds, 3)}
+        else:  # resumed after the fine-tune: the learner no longer holds the weights, the checkpoint does
+            ref, checksum = self._checkpoint_weights(gen)
+            got = self._get([a.load_weights.remote(ref, gen, checksum) for a in self.pool.actors], "load weights")
+            if set(got) != {checksum}:
+                raise RunError(f"gen {gen} broadcast: a sampler acknowledged a different checksum")
+            info = {"transport": "checkpoint", "checksum": checksum}
+        versions = self.pool.ping_all()
+        if set(versions) != {gen}:
+            raise RunError(f"gen {gen} broadcast: samplers hold versions {versions}, expected {gen}")
+        return {"version": gen, **info}
+
+    def distil(self, gen: int) -> dict[str, Any]:
+        """Each student fine-tunes from its base on the same records as L."""
+        out: dict[str, Any] = {}
+        for name, start in self.cfg.models.students.items():
+            ckpt = self.run.checkpoint(name, gen)
+            if _is_checkpoint(ckpt):
+                out[name] = {"checkpoint": str(ckpt), "kept": True}
+                continue
+            fit = self.learner.fit(start, self.batch.examples(upto=gen), str(ckpt),
+                                   seed=self._seed(gen, f"fit-{name}"), name=name)
+            self._fitted_policy = None
+            out[name] = self._fit_counters(fit)
+        return {"students": out}
+
+    def evaluate(self, gen: int) -> dict[str, Any]:
+        """Every model of generation ``gen`` on every eval dataset, on short-lived sampler actors."""
+        datasets = [read_dataset(name, self.cfg.world.dir or None) for name in self.cfg.rest.eval_datasets]
+        if self.cfg.eval.limit:
+            for d in datasets:
+                d.questions = d.questions[: self.cfg.eval.limit]
+        todo = {model: [d for d in datasets if not (self.run.eval_dir(gen, model, d.name) / "score.json").is_file()]
+                for model in self.models_at(gen)}
+        with ThreadPoolExecutor(max_workers=self._eval_concurrency(len(todo))) as threads:
+            futures = [threads.submit(self._evaluate_model, gen, model, self.models_at(gen)[model], sets)
+                       for model, sets in todo.items() if sets]
+            for future in futures:
+                for result in future.result():
+                    write_result(result, self.run.eval_dir(gen, result.model, result.dataset))
+        scores: dict[str, float] = {}
+        for model in self.models_at(gen):
+            for d in datasets:
+                s = json.loads((self.run.eval_dir(gen, model, d.name) / "score.json").read_text())
+                scores[f"{model}/{d.name}"] = round(s["accuracy"], 4)
+        return {"accuracy": scores}
+
+    def report(self, gen: int) -> dict[str, Any]:
+        """report.json: every finished evaluation (gen 0 = warm start) and every phase's timing."""
+        evals = []
+        for g in range(self.cfg.rest.generations + 1):
+            if not (self.state.is_done(g, "eval") or g == gen):
+                continue
+            for model, path in self.models_at(g).items():
+                for name in self.cfg.rest.eval_datasets:
+                    file = self._score_file(g, model, name)
+                    if file is None:
+                        continue
+                    s = json.loads(file.read_text())
+                    evals.append({"gen": g, "model": model, "dataset": s["dataset"], "accuracy": s["accuracy"],
+                                  "n": s["n"], "ci95": s["ci95"], "f1": s["f1"], "contains": s["contains"],
+                                  "judge": s["judge"], "search": s["search"]["label"], "checkpoint": path,
+                                  "seconds": round(s["seconds"], 3)})
+        generations = {f"gen-{g}": {p: self.state.done.get(f"{g}/{p}", {}) for p in ("rollout", "rank", "store")}
+                       for g in range(1, gen + 1)}
+        report = {"run": self.run.name, "generations_done": gen, "policy_version": self.state.version,
+                  "evals": evals, "timings": self.state.timings(), "generations": generations}
+        write_atomic(self.run.report, json.dumps(report, indent=1) + "\n")
+        return {"evals": len(evals)}
+
+    # ================================================================ helpers of the phases
+
+    def models_at(self, gen: int) -> dict[str, str]:
+        """Model name -> checkpoint of generation ``gen`` (0: the starting checkpoints)."""
+        names = {"L": self.cfg.models.policy, **self.cfg.models.students}
+        if gen == 0:
+            return names
+        return {name: str(self.run.checkpoint(name, gen)) for name in names}
+
+    def _score_file(self, gen: int, model: str, dataset: str) -> Path | None:
+        folder = self.run.root / "evals" / f"gen-{gen}" / model
+        if not folder.is_dir():
+            return None
+        for d in folder.iterdir():
+            f = d / "score.json"
+            if f.is_file() and d.name in (dataset, Path(dataset).name.removesuffix(".gz").removesuffix(".jsonl")):
+                return f
+        return None
+
+    def _eval_concurrency(self, models: int) -> int:
+        """How many models to evaluate at once: as many whole eval pools as the free resources hold.
+
+        Pools start their actors one by one, so two pools sharing too few resources
+        could each wait for the other's; whole pools only never deadlock.
+        """
+        r = self.cfg.rest
+        need = {"CPU": r.num_samplers * r.sampler_num_cpus, "GPU": r.num_samplers * r.sampler_num_gpus}
+        free = ray.available_resources()
+        fits = [int(free.get(k, 0.0) // v) for k, v in need.items() if v > 0]
+        return max(1, min([models, *fits]))
+
+    def _evaluate_model(self, gen: int, model: str, path: str, datasets: list[Dataset]) -> list:
+        """``model`` on ``datasets``: questions split into tasks across eval sampler actors (greedy)."""
+        import dataclasses
+
+        cfg = dataclasses.replace(self.cfg)
+        cfg.agent = dataclasses.replace(cfg.agent, temperature=cfg.eval.temperature, k_samples=cfg.eval.k_samples)
+        cfg.rest = dataclasses.replace(cfg.rest, continue_with="perplexity")
+        questions = [Question(id=f"{d.name}::{q.id}", question=q.question) for d in datasets for q in d.questions]
+        tasks = make_tasks([q.id for q in questions], cfg.rest.questions_per_task, lambda i: cfg.agent.seed)
+        size = min(cfg.rest.num_samplers, len(tasks))
+        t0 = time.perf_counter()
+        pool = SamplerPool(lambda slot: self._sampler(slot, cfg, questions, path, 0, f"eval-{model}"), size,
+                           cfg.rest.call_timeout_s, cfg.rest.max_task_retries, what=f"eval sampler ({model})")
+        try:
+            with self._bar(len(questions), f"gen {gen} eval {model}") as bar:
+                trajectories = pool.map(tasks, 0, 1, on_result=lambda _t, out: bar.update(len(out)))
+        finally:
+            pool.shutdown()
+        seconds = time.perf_counter() - t0
+        results = []
+        for d in datasets:
+            prefix = f"{d.name}::"
+            mine = [{**t, "question_id": t["question_id"][len(prefix):]} for t in trajectories
+                    if t["question_id"].startswith(prefix)]
+            results.append(score(d, mine, self.cfg, model, seconds))
+        return results
+
+    def _fit_counters(self, fit) -> dict[str, Any]:
+        tail = fit.losses[-LOSS_TAIL:]
+        loss = sum(tail) / len(tail) if tail else float("nan")
+        self.metrics.losses(fit.model, fit.losses)
+        return {"checkpoint": fit.out_dir, "examples": fit.examples, "steps": fit.steps,
+                "loss_first": round(fit.losses[0], 4) if fit.losses else None, "loss_final": round(loss, 4),
+                "tokens_per_s": round(fit.tokens_per_s, 1), "fit_seconds": round(fit.seconds, 2)}
+
+    def _seed(self, gen: int, what: str) -> int:
+        """A seed that depends only on the config's seed, the generation and what it is for."""
+        return (self.cfg.agent.seed * 1_000_003 + gen * 7_919 + zlib.crc32(what.encode())) % (2**31 - 1)
+
+    # ================================================================ actors
+
+    @cached_property
+    def search_actors(self) -> list:
+        from actors.search_actor import SearchActor
+
+        r = self.cfg.rest
+        return [SearchActor.options(num_cpus=r.search_num_cpus, name=self._name(f"search-{i}")).remote(self.cfg.search)
+                for i in range(r.num_search_actors)]
+
+    @cached_property
+    def pool(self) -> SamplerPool:
+        """The rollout samplers, at the policy version ``state.json`` records."""
+        r = self.cfg.rest
+        questions = [Question(id=q.id, question=q.question) for q in self.train.questions]  # no gold answers
+        return SamplerPool(
+            lambda slot: self._sampler(slot, self.cfg, questions, self.cfg.models.policy, self.state.version, "sampler"),
+            r.num_samplers, r.call_timeout_s, r.max_task_retries)
+
+    @cached_property
+    def rankers(self) -> list:
+        from actors.ranker import RankerActor
+
+        c = self.cfg.ranker
+        gold = None
+        if c.kind == "oracle":
+            gold = {q.id: {"answers": list(q.answers), **self.train.extras.get(q.id, {})} for q in self.train.questions}
+        return [RankerActor.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, name=self._name(f"ranker-{i}"))
+                .remote(c, gold) for i in range(c.num_actors)]
+
+    @cached_property
+    def learner(self):
+        from learner.group import LearnerGroup
+
+        return LearnerGroup(self.cfg.learner, control_timeout_s=self.cfg.rest.call_timeout_s)
+
+    def _sampler(self, slot: int, cfg: Config, questions: list[Question], model: str, version: int, label: str):
+        """A ready sampler actor holding ``model``, brought to policy ``version`` from L's checkpoint."""
+        from actors.sampler import RemoteSearch, SamplerActor
+
+        search = RemoteSearch(self.search_actors[slot % len(self.search_actors)], cfg.rest.call_timeout_s)
+        actor = SamplerActor.options(
+            num_cpus=cfg.rest.sampler_num_cpus, num_gpus=cfg.rest.sampler_num_gpus, name=self._name(f"{label}-{slot}"),
+        ).remote(cfg, questions, search, replica=slot, model=model)
+        if version > 0:
+            ref, checksum = self._checkpoint_weights(version)
+            self._get([actor.load_weights.remote(ref, version, checksum)], f"{label} {slot} load weights")
+        (got,) = self._get([actor.ping.remote()], f"{label} {slot} start")
+        if got != version:
+            raise RunError(f"{label} {slot} started at version {got}, expected {version}")
+        return actor
+
+    def _checkpoint_weights(self, version: int) -> tuple[ray.ObjectRef, str]:
+        """L's gen-``version`` checkpoint as the learner broadcasts it (object ref, checksum), cached."""
+        if version not in self._weights:
+            from transformers import AutoModelForCausalLM
+
+            from learner.broadcast import weights_checksum
+            from learner.rank import unique_state
+
+            model = AutoModelForCausalLM.from_pretrained(str(self.run.checkpoint("L", version)), dtype="auto")
+            state = unique_state(model)
+            self._weights[version] = (ray.put(state), weights_checksum(state))
+        return self._weights[version]
+
+    def _get(self, refs: list, what: str) -> list:
+        try:
+            return ray.get(refs, timeout=self.cfg.rest.call_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise RunError(f"{what}: no answer within {self.cfg.rest.call_timeout_s:.0f} s") from None
+        except ray.exceptions.RayError as e:
+            raise RunError(f"{what}: {_one_line(e)}") from None
+
+    def _name(self, what: str) -> str:
+        self._actors += 1
+        return f"{self.run.name}.{what}.{self._actors}"
+
+    def close(self) -> None:
+        """Stop every actor this loop started (safe to call twice)."""
+        if "pool" in self.__dict__:
+            self.pool.shutdown()
+        if "learner" in self.__dict__:
+            self.learner.shutdown()
+        for name in ("rankers", "search_actors"):
+            for actor in self.__dict__.pop(name, []):
+                ray.kill(actor, no_restart=True)
+
+    # ================================================================ terminal
+
+    def say(self, text: str) -> None:
+        print(f"[rest] {text}", flush=True)
+
+    def _bar(self, total: int, desc: str) -> tqdm:
+        tty = sys.stderr.isatty()
+        return tqdm(total=total, desc=desc, unit="ep", disable=not self.progress, mininterval=0.5 if tty else 15,
+                    file=sys.stderr, leave=tty)
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _one_line(e: BaseException) -> str:
+    cause = getattr(e, "cause", None) or e
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:300]

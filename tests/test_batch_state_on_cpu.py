@@ -1,0 +1,212 @@
+"""The driver's on-disk contracts: the growing batch, state.json, the run dir and `rest-react run` misuse."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from agent.trajectory import Sample, Step, Trajectory
+from evals.datasets import Dataset
+from rest.batch import BatchError, GrowingBatch, best_usable, step_records, to_example
+from rest.cli import main
+from rest.config import ConfigError, load_config
+from rest.evaluation import score, trajectory_counters
+from rest.run_dir import RunDir, open_run
+from rest.state import PHASES, RunState, StateError
+from rest.workers import make_tasks
+
+
+def _step(kind, texts, ok, chosen=0, scores=None, best=None, version=0):
+    samples = [Sample(text=t, n_tokens=len(t.split()), sum_logprob=-1.0 * (i + 1)) for i, t in enumerate(texts)]
+    return Step(kind=kind, prompt=f"{kind} prompt", samples=samples, parse_ok=ok, chosen=chosen,
+                scores=scores, ranker_best=best, policy_version=version)
+
+
+def _traj(qid="q1", j=0, version=0):
+    steps = [
+        _step("decision", [' Search("a")', " garbage", ' Search("b")'], [True, False, True],
+              chosen=0, scores=[0.2, -9.0, 0.8], best=2, version=version),
+        Step(kind="search", query="b"),
+        _step("summarize", [" x", " y"], [False, False], chosen=None, scores=[-9, -9], best=0),
+        _step("answer", [" bad", ' "Paris"'], [False, True], chosen=1, scores=[5.0, 1.0], best=0),
+        Step(kind="final", output="Paris"),
+    ]
+    return Trajectory(id=f"{qid}#{j}", question_id=qid, question="Where?", policy_version=version, steps=steps,
+                      answer="Paris", end_reason="answered")
+
+
+# ------------------------------------------------------------------ records
+
+
+def test_records_take_the_rankers_best_and_never_an_unparsed_sample():
+    records = step_records(1, _traj())
+    assert [r["step_kind"] for r in records] == ["decision", "answer"]  # summarize: nothing parsed
+    decision, answer = records
+    assert decision["chosen"] == 2 and decision["continued"] == 0
+    assert answer["chosen"] == 1  # the ranker's pick (0) did not parse: best usable instead
+    assert decision["step_index"] == 0 and answer["step_index"] == 3
+    assert decision["samples"][2] == [' Search("b")', 1, -3.0]
+    assert to_example(decision).completion == ' Search("b")\n'
+    assert to_example(decision).prompt == "decision prompt"
+
+
+def test_best_usable_falls_back_without_a_ranker():
+    step = _step("decision", [" a", " b"], [True, True], scores=None, best=None)
+    step.samples[1].sum_logprob = -0.1  # lower NLL wins the tie
+    assert best_usable(step) == 1
+    step = _step("decision", [" a\nb"], [True], best=0)  # not one line: not a training target
+    assert best_usable(step) is None
+
+
+# ------------------------------------------------------------------ the store
+
+
+def test_batch_is_per_generation_atomic_and_rewrites_without_duplicates(tmp_path):
+    batch = GrowingBatch(tmp_path / "batch")
+    assert batch.gens() == [] and batch.all() == []
+    g1 = step_records(1, _traj("q1")) + step_records(1, _traj("q2"))
+    g2 = step_records(2, _traj("q1", version=1))
+    assert batch.write_gen(2, g2) == 2
+    assert batch.write_gen(1, g1) == 4
+    assert batch.gens() == [1, 2]
+    assert [r["gen"] for r in batch.all()] == [1, 1, 1, 1, 2, 2]
+    assert len(batch.all(upto=1)) == 4
+    batch.write_gen(1, g1)  # a resumed store phase writes its generation again
+    assert len(batch.all()) == 6
+    assert len(batch.examples()) == 6
+    assert sorted(os.listdir(tmp_path / "batch")) == ["gen-1.jsonl", "gen-2.jsonl"]
+
+
+def test_a_crash_while_writing_keeps_the_old_generation(tmp_path, monkeypatch):
+    batch = GrowingBatch(tmp_path)
+    batch.write_gen(1, step_records(1, _traj("q1")))
+    before = batch.path(1).read_text()
+
+    def crash(*_a, **_k):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        batch.write_gen(1, step_records(1, _traj("q1")) + step_records(1, _traj("q2")))
+    assert batch.path(1).read_text() == before
+    assert sorted(os.listdir(tmp_path)) == ["gen-1.jsonl"]  # no temp file left behind
+
+
+def test_bad_records_are_refused(tmp_path):
+    batch = GrowingBatch(tmp_path)
+    recs = step_records(1, _traj("q1"))
+    with pytest.raises(ValueError, match="duplicate"):
+        batch.write_gen(1, recs + recs)
+    with pytest.raises(ValueError, match="gen 1 written into gen 2"):
+        batch.write_gen(2, recs)
+    with pytest.raises(BatchError, match="did not parse"):
+        batch.write_gen(1, [{**recs[0], "chosen": 1}])
+    batch.path(3).write_text('{"gen": 3}\n')
+    with pytest.raises(BatchError, match=r"gen-3.jsonl:1: missing keys"):
+        batch.read_gen(3)
+    batch.path(3).write_text(json.dumps(recs[0]) + "\nnot json\n")
+    with pytest.raises(BatchError, match=r"gen-3.jsonl:2: malformed JSON"):
+        batch.read_gen(3)
+    with pytest.raises(BatchError, match="not in the batch"):
+        batch.read_gen(7)
+
+
+# ------------------------------------------------------------------ state.json
+
+
+def test_state_marks_phases_in_order_and_survives_a_restart(tmp_path):
+    path = tmp_path / "state.json"
+    state = RunState.load(path)
+    assert state.remaining_generations(2) == [0, 1, 2] and state.resume_point() == "start"
+    with pytest.raises(StateError, match="before generation 0"):
+        state.mark(1, "rollout")
+    state.mark(0, "eval", {"seconds": 1.5})
+    state.mark(0, "report")
+    with pytest.raises(StateError, match="before 1/rollout"):
+        state.mark(1, "rank")
+    for phase in PHASES[:4]:
+        state.mark(1, phase, {"seconds": 2.0})
+    state.mark(1, "broadcast", {"seconds": 0.1}, version=1)
+    again = RunState.load(path)
+    assert again.version == 1
+    assert again.resume_point() == "1/distil"
+    assert again.remaining_generations(2) == [1, 2]
+    assert again.timings()["gen-0"] == {"eval": 1.5}
+    assert again.timings()["gen-1"]["broadcast"] == 0.1
+    with pytest.raises(StateError, match="no phase"):
+        again.mark(0, "rollout")
+
+
+def test_a_corrupt_state_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text("{")
+    with pytest.raises(StateError, match="not a valid state file"):
+        RunState.load(path)
+    path.write_text(json.dumps({"version": 0, "done": {"1/dance": {}}}))
+    with pytest.raises(StateError, match="unknown phase"):
+        RunState.load(path)
+
+
+# ------------------------------------------------------------------ run dir
+
+
+def _cfg(tmp_path, *extra):
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    return load_config(None, [f"engine.model={model}", "rest.generations=1", *extra])
+
+
+def test_run_dir_writes_the_resolved_config_and_refuses_to_clobber(tmp_path):
+    run, cfg = open_run(tmp_path / "runs", "r1", _cfg(tmp_path), resume=False)
+    assert run == RunDir(tmp_path / "runs" / "r1")
+    assert cfg.models.policy == str(tmp_path / "model")  # defaulted from engine.model
+    assert load_config(run.config).models.policy == cfg.models.policy
+    with pytest.raises(ConfigError, match="already exists"):
+        open_run(tmp_path / "runs", "r1", _cfg(tmp_path), resume=False)
+    _, resumed = open_run(tmp_path / "runs", "r1", None, resume=True)
+    assert resumed.to_dict() == cfg.to_dict()
+    with pytest.raises(ConfigError, match=r"rest.generations: 1 in the run, 3 now"):
+        open_run(tmp_path / "runs", "r1", _cfg(tmp_path, "rest.generations=3"), resume=True)
+    with pytest.raises(ConfigError, match="not a run dir"):
+        open_run(tmp_path / "runs", "nope", None, resume=True)
+    with pytest.raises(ConfigError, match="valid run name"):
+        open_run(tmp_path / "runs", "../x", None, resume=False)
+    assert run.checkpoint("S", 2).name == "S-gen2"
+    assert run.trajectories(1).name == "gen-1.jsonl"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run"], "--config: required"),
+    (["run", "--resume"], "--resume: needs --name"),
+    (["run", "--resume", "--name", "x", "--set", "agent.k_samples=2"], "--set: needs --config"),
+    (["run", "--config", "configs/smoke_rest.yaml", "--set", "rest.bogus=1"], "rest.bogus: unknown key"),
+])
+def test_run_cli_misuse_exits_2(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ tasks and scoring
+
+
+def test_tasks_cover_every_question_once_with_their_own_seeds():
+    tasks = make_tasks([f"q{i}" for i in range(7)], 3, lambda i: 100 + i)
+    assert [t.question_ids for t in tasks] == [["q0", "q1", "q2"], ["q3", "q4", "q5"], ["q6"]]
+    assert [t.seed for t in tasks] == [100, 101, 102]
+
+
+def test_score_turns_trajectories_into_an_eval_result(tmp_path):
+    from agent.trajectory import Question
+
+    data = Dataset(name="toy-test", path=tmp_path / "x.jsonl",
+                   questions=[Question("q1", "Where?", ("Paris",)), Question("q2", "Who?", ("Ann",))])
+    trajs = [_traj("q2").to_dict(), _traj("q1").to_dict()]
+    cfg = load_config(None, ["search.backend=http"])
+    result = score(data, trajs, cfg, "L", seconds=1.0)
+    assert result.n == 2 and result.accuracy == 0.5
+    assert [p["question_id"] for p in result.predictions] == ["q1", "q2"]
+    assert result.agent["temperature"] == cfg.eval.temperature
+    assert trajectory_counters(trajs) == {"episodes": 2, "llm_steps": 6, "samples": 14,
+                                          "generated_tokens": 14, "parse_failures": 8}

@@ -1,0 +1,43 @@
+"""cluster.yaml validates against Ray's own autoscaler schema (offline: no cloud calls)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+# a private API (seen in Ray 2.60): the checks `ray up` runs before it touches a cloud
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict:
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_is_a_valid_autoscaler_config(cluster):
+    prepared = prepare_config(copy.deepcopy(cluster))
+    validate_config(prepared)
+    types = prepared["available_node_types"]
+    assert prepared["head_node_type"] == "head" and "gpu_worker" in types
+    assert types["gpu_worker"]["min_workers"] >= 1
+    assert any("pip install" in c and ".[vllm]" in c for c in prepared["setup_commands"])
+    head = " ".join(prepared["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "--metrics-export-port" in head
+
+
+@pytest.mark.parametrize("where", ["top", "node_type"])
+def test_an_unknown_key_is_rejected(cluster, where):
+    import jsonschema
+
+    bad = copy.deepcopy(cluster)
+    if where == "top":
+        bad["gpu_count"] = 8
+    else:
+        bad["available_node_types"]["gpu_worker"]["gpus"] = 4
+    with pytest.raises(jsonschema.ValidationError, match="Additional properties are not allowed"):
+        validate_config(prepare_config(bad))
