@@ -418,7 +418,7 @@ def test_make_search_from_config(tmp_path):
         make_search(SearchConfig(backend="bm25", corpus=""))
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)
 def test_serve_search_main_runs_until_ctrl_c(tmp_path):
     """The `serve-search` entry point in its own process: prints its address, answers, stops on SIGINT."""
     code = (
@@ -435,7 +435,7 @@ def test_serve_search_main_runs_until_ctrl_c(tmp_path):
         [hits] = HttpSearch(url).search([KNOWN[0][0]], 1)
         assert hits[0].id == KNOWN[0][1]
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=120) == 0  # generous: CI machines can be loaded
     finally:
         if proc.poll() is None:
             proc.kill()
