@@ -22,8 +22,11 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 def _suites() -> dict[str, Callable[[bool], dict]]:
     from benchmarks import bench_engines, bench_rollout, bench_search
 
+    # a trained toy policy makes multi-step episodes; without a built world, the random smoke model
+    toy_built = Path("worlds/toy-0/world.json").exists()
+    rollout_config = "configs/toy.yaml" if toy_built else "configs/smoke.yaml"
     return {
-        "rollout": lambda quick: bench_rollout.run(quick),
+        "rollout": lambda quick: bench_rollout.run(quick, config=rollout_config),
         "engines": bench_engines.run,
         "search": bench_search.run,
     }
