@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -143,6 +144,10 @@ def serve_search_main(
         print(f"error: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
         return 2
     h, p = server.server_address[:2]
+    # Ctrl-C and SIGTERM both stop it cleanly, even when started with SIGINT ignored
+    # (a non-interactive shell's `cmd &` does that to its children).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"serving {len(backend)} passages at http://{h}:{p}/retrieve (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
