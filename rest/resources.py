@@ -39,7 +39,15 @@ def _tokenizer_texts(cfg: Config, n_passages: int = 3000) -> Iterator[str]:
 
 
 def build_engine(cfg: Config) -> Engine:
-    """The policy engine; a ``random_init`` model is created on first use."""
+    """The policy engine; a ``random_init`` model is created on first use.
+
+    With ``world.dir`` set, an empty engine.model means the toy world's L-warm
+    (``toyworld.world.with_world_paths``; the world is built on first use).
+    """
+    if cfg.world.dir:
+        from toyworld.world import with_world_paths
+
+        cfg = with_world_paths(cfg)
     model = cfg.engine.model
     if not model:
         raise ConfigError(f"{cfg.source}: engine.model: required")
@@ -51,6 +59,11 @@ def build_engine(cfg: Config) -> Engine:
 
 
 def build_search(cfg: Config) -> SearchBackend:
+    """The search backend; with ``world.dir`` set, an empty bm25 corpus means the toy world's corpus."""
+    if cfg.world.dir:
+        from toyworld.world import with_world_paths
+
+        cfg = with_world_paths(cfg)
     if cfg.search.backend == "bm25" and not cfg.search.corpus:
         raise ConfigError(f"{cfg.source}: search.corpus: required by the bm25 backend")
     return make_search(cfg.search)

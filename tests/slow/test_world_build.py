@@ -1,0 +1,99 @@
+"""A tiny toy world built end to end: data, tokenizer, demonstrations, trained bases, evals, cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from toyworld.world import SIZES, WORLD_JSON, build_world
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("worlds") / "toy-tiny"
+    record = build_world(out, seed=11, size="tiny", progress=False)
+    return out, record
+
+
+def test_world_json_is_complete(world):
+    out, record = world
+    assert json.loads((out / WORLD_JSON).read_text()) == record
+    assert record["seed"] == 11 and record["size"] == "tiny"
+    assert set(record["timings"]) == {"data", "demos", "tokenizer", "train", "eval", "total"}
+    assert record["demos"]["trajectories"] > 0 and 0.0 < record["demos"]["accuracy"] < 1.0
+    assert set(record["models"]) == set(SIZES)
+    params = [record["models"][s]["params"] for s in SIZES]
+    assert params == sorted(params) and params[0] > 0
+    assert set(record["evals"]) == {"XS-base", "S-base", "L-base", "L-warm-closed-book"}
+    for ev in record["evals"].values():
+        assert ev["n"] == 10 and 0.0 <= ev["accuracy"] <= 1.0 and 0.0 <= ev["parse_rate"] <= 1.0
+        lo, hi = ev["ci95"]
+        assert lo <= ev["accuracy"] <= hi
+    assert record["evals"]["L-warm-closed-book"]["searches_per_episode"] == 0
+    assert not list(out.parent.glob(f".{out.name}.building-*"))  # no leftovers of the temp dir
+
+
+def test_training_lowered_the_loss_and_moved_the_weights(world):
+    _, record = world
+    for size in SIZES:
+        m = record["models"][size]
+        assert m["final_loss"] < m["first_loss"], (size, m)
+        assert m["weight_change"] > 0.0 and m["steps"] == m["config"]["max_steps"]
+
+
+def test_every_model_dir_loads_in_transformers(world):
+    out, _ = world
+    for name in [f"{s}-base" for s in SIZES] + ["L-warm"]:
+        model = AutoModelForCausalLM.from_pretrained(out / "models" / name, use_safetensors=True)
+        assert model.config.model_type == "llama"
+    warm, base = out / "models" / "L-warm", out / "models" / "L-base"
+    assert warm.is_symlink() and os.readlink(warm) == "L-base"
+    a = AutoModelForCausalLM.from_pretrained(warm, use_safetensors=True).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_demonstrations_and_tokenizer_are_saved(world):
+    out, record = world
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    assert sorted(p.name for p in (out / "demos").iterdir()) == ["aux0.jsonl.gz", "aux1.jsonl.gz"]
+
+
+def test_a_second_build_returns_the_cached_world_without_retraining(world):
+    out, record = world
+    files = [out / WORLD_JSON] + sorted((out / "models").glob("*-base/*.safetensors"))
+    before = {f: f.stat().st_mtime_ns for f in files}
+    assert build_world(out, seed=11, size="tiny", progress=False) == record
+    assert {f: f.stat().st_mtime_ns for f in files} == before
+    with pytest.raises(ValueError, match="seed 11"):
+        build_world(out, seed=12, size="tiny")
+
+
+def test_cli_world_reuses_the_build(world):
+    out, record = world
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "rest", "world", "--out", str(out), "--seed", "11", "--size", "tiny"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "seed 11, size tiny" in proc.stdout and "L-warm-closed-book" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "rest", "world", "--out", str(out), "--seed", "12", "--size", "tiny"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
+
+
+def test_refuses_to_overwrite_a_directory_that_is_not_a_world(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a built toy world"):
+        build_world(tmp_path, seed=0, size="tiny")
+    assert (tmp_path / "notes.txt").read_text() == "mine"

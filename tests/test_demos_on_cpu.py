@@ -1,0 +1,164 @@
+"""The noisy demonstrator on a tiny toy world: deterministic, parseable, identical to what the runner renders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from actors.search.bm25 import BM25Search
+from agent.parsers import parse_answer, parse_check, parse_decision, parse_summary
+from agent.runner import EpisodeRunner
+from agent.trajectory import Question, Sample
+from rest.config import load_config
+from toyworld.build import aux_seed, build_world_data, load_questions
+from toyworld.demos import FIX, NOISE_KINDS, WorldFacts, demonstrate
+from toyworld.graph import WorldSize, make_world
+from toyworld.render import render_world
+from toyworld.world import TOY_AGENT, with_world_paths
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def aux(tmp_path_factory):
+    """Auxiliary world 0 of a tiny world: its question records, facts and BM25 search."""
+    root = tmp_path_factory.mktemp("world")
+    size = WorldSize.tiny()
+    build_world_data(root, SEED, size, n_aux=1)
+    world = make_world(aux_seed(SEED, 0), size, avoid=make_world(SEED, size).triples())
+    facts = WorldFacts(world, render_world(world))
+    search = BM25Search(root / "aux" / "0" / "corpus.jsonl.gz", cache_dir=root / "bm25")
+    records = load_questions(root / "aux" / "0" / "questions.jsonl")
+    return records, facts, search
+
+
+def _completions(demo_set):
+    return [[ex.completion for ex in d.examples()] for d in demo_set.demos]
+
+
+def test_every_fact_sentence_is_found(aux):
+    _, facts, _ = aux
+    for (subject, relation), pid in facts.where.items():
+        obj, sentence = facts.fact(pid, relation)
+        assert obj == facts.world.label(facts.world.obj(subject, relation))
+        assert sentence in facts.text[pid]
+
+
+def test_deterministic_per_seed(aux):
+    records, facts, search = aux
+    a = demonstrate(records, facts, search, TOY_AGENT, noise=0.3, seed=1)
+    b = demonstrate(records, facts, search, TOY_AGENT, noise=0.3, seed=1)
+    c = demonstrate(records, facts, search, TOY_AGENT, noise=0.3, seed=2)
+    assert _completions(a) == _completions(b)
+    assert [d.noise_events for d in a.demos] == [d.noise_events for d in b.demos]
+    assert _completions(a) != _completions(c)
+    # a question's demonstration does not depend on the rest of the batch
+    alone = demonstrate(records[5:6], facts, search, TOY_AGENT, noise=0.3, seed=1)
+    assert _completions(alone) == _completions(a)[5:6]
+
+
+def test_every_completion_parses_in_its_step_grammar(aux):
+    records, facts, search = aux
+    demos = demonstrate(records, facts, search, TOY_AGENT, noise=0.5, seed=3)
+    n = 0
+    for d in demos.demos:
+        shown: list[int] = []
+        for step in d.trajectory.steps:
+            if step.kind == "search":
+                shown += [s.link_id for s in step.snippets]
+                last = [s.link_id for s in step.snippets]
+            if not step.is_llm:
+                continue
+            text = step.samples[0].text
+            assert text.startswith(" ") and "\n" not in text
+            if step.kind == "decision":
+                parse_decision(text)
+            elif step.kind == "summarize":
+                parse_summary(text, last)
+            elif step.kind == "answer":
+                parse_answer(text, shown)
+            else:
+                parse_check(text, shown)
+            n += 1
+        assert all(ex.completion.endswith("\n") for ex in d.examples())
+    assert n == sum(len(d.examples()) for d in demos.demos) > 0
+
+
+class _Replay:
+    """An engine that answers each prompt with the next completion of a recorded demonstration."""
+
+    def __init__(self, completions):
+        self.completions = list(completions)
+        self.prompts: list[str] = []
+
+    def generate(self, prompts, n, temperature, max_new_tokens, stop=None, seed=None):
+        assert len(prompts) == 1
+        self.prompts.append(prompts[0])
+        text = self.completions.pop(0).removesuffix("\n")
+        return [[Sample(text, 5, -1.0)] * n]
+
+
+def test_prompts_equal_what_the_runner_renders(aux):
+    records, facts, search = aux
+    demos = demonstrate(records[:12], facts, search, TOY_AGENT, noise=0.4, seed=4)
+    for d, r in zip(demos.demos, records[:12], strict=True):
+        examples = d.examples()
+        engine = _Replay(ex.completion for ex in examples)
+        (traj,) = EpisodeRunner(engine, search, TOY_AGENT).run([Question(r["id"], r["question"])])
+        assert engine.prompts == [ex.prompt for ex in examples]
+        assert traj.answer == d.trajectory.answer and traj.end_reason == "answered"
+
+
+def test_noise_zero_answers_correctly(aux):
+    records, facts, search = aux
+    demos = demonstrate(records, facts, search, TOY_AGENT, noise=0.0, fix_rate=0.0, seed=0)
+    assert all(not d.noise_events for d in demos.demos)
+    assert demos.accuracy >= 0.95, demos.stats()
+
+
+def test_noise_produces_every_kind_and_lowers_accuracy(aux):
+    records, facts, search = aux
+    demos = demonstrate(records, facts, search, TOY_AGENT, noise=0.4, fix_rate=0.5, seed=0)
+    seen = set().union(*(d.noise_events for d in demos.demos))
+    assert seen == set(NOISE_KINDS) | {FIX}
+    assert 0.2 < demos.accuracy < 0.9, demos.stats()
+    assert demos.stats()["clean_trajectories"] > 0
+    # a revision replaces a wrong answer by the one the notes support
+    fixed = [d for d in demos.demos if FIX in d.noise_events]
+    assert any(s.output != "Keep" for d in fixed for s in d.trajectory.steps if s.kind in ("relevance", "grounding"))
+
+
+def test_bad_arguments_are_rejected(aux):
+    records, facts, search = aux
+    with pytest.raises(ValueError, match="noise"):
+        demonstrate(records[:1], facts, search, TOY_AGENT, noise=1.5)
+    fewshot = type(TOY_AGENT)(prompt_style="fewshot")
+    with pytest.raises(ValueError, match="zeroshot"):
+        demonstrate(records[:1], facts, search, fewshot)
+
+
+def test_toy_config_acts_like_the_demonstrations():
+    raw = yaml.safe_load((ROOT / "configs" / "toy.yaml").read_text())
+    agent = raw["agent"]
+    for key in ("prompt_style", "search_budget", "topk", "max_new_tokens", "self_checks"):
+        assert agent.get(key, getattr(TOY_AGENT, key)) == getattr(TOY_AGENT, key), key
+    assert not raw.get("engine", {}).get("model") and not raw.get("search", {}).get("corpus")
+
+
+def test_world_paths_fill_from_a_built_world(tmp_path):
+    world = tmp_path / "w"
+    world.mkdir()
+    (world / "world.json").write_text(json.dumps({"seed": 3, "size": "tiny"}))
+    cfg = load_config(ROOT / "configs" / "toy.yaml", [f"world.dir={world}", "world.seed=3", "world.size=tiny"])
+    filled = with_world_paths(cfg)
+    assert filled.engine.model == str(world / "models" / "L-warm")
+    assert filled.search.corpus == str(world / "corpus.jsonl.gz")
+    assert cfg.engine.model == ""  # the original is left alone
+    kept = with_world_paths(load_config(ROOT / "configs" / "toy.yaml",
+                                        [f"world.dir={world}", "world.seed=3", "world.size=tiny",
+                                         "engine.model=elsewhere"]))
+    assert kept.engine.model == "elsewhere"

@@ -1,0 +1,190 @@
+"""Train the base models (the toy world's analog of pretrained XS, S and L) in parallel processes.
+
+Every size learns the same data from scratch: language modelling on the auxiliary
+worlds' passages plus the demonstrator's per-step examples (loss on the completion
+only), with ``learner.trainer.train``. Sizes train at once, one spawned process each
+with one torch thread (a small CPU would otherwise be oversubscribed); the parent
+shows one progress bar per size, fed by the trainer's own loss log lines through a
+queue. Each process saves ``<models_dir>/<size>-base`` (safetensors, atomically) and
+reports the first and last losses and how far the weights moved from their init.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from learner.data import SFTExample
+from learner.trainer import TrainConfig
+
+#: seconds without any message from a training process before the parent checks it is alive
+_POLL_S = 1.0
+
+
+class _LossForwarder(logging.Handler):
+    """Forwards the trainer's ``step %d/%d loss %.4f`` log records to the parent as (size, step, total, loss)."""
+
+    def __init__(self, size: str, q):
+        super().__init__(logging.INFO)
+        self.size, self.q = size, q
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("step ") and isinstance(record.args, tuple) and len(record.args) >= 3:
+            step, total, loss = record.args[:3]
+            self.q.put(("progress", self.size, int(step), int(total), float(loss)))
+
+
+def _weight_change(before: dict, after: dict) -> float:
+    """Relative L2 distance between two state dicts: ||after - before|| / ||before||."""
+    import torch
+
+    num = sum(float(torch.sum((after[k].float() - v.float()) ** 2)) for k, v in before.items())
+    den = sum(float(torch.sum(v.float() ** 2)) for v in before.values())
+    return (num / max(den, 1e-30)) ** 0.5
+
+
+def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, out_dir: str,
+               init_seed: int, q) -> None:
+    """Child process: init a ``size`` Llama, train it on ``examples``, save it, report to ``q``."""
+    try:
+        import torch
+        import transformers
+
+        torch.set_num_threads(1)
+        transformers.utils.logging.disable_progress_bar()
+        from learner.trainer import train
+        from toyworld.modelzoo import count_params, init_model
+
+        logger = logging.getLogger("learner.trainer")
+        logger.setLevel(logging.INFO)
+        logger.addHandler(_LossForwarder(size, q))
+        with tempfile.TemporaryDirectory(prefix=f".{size}-init-", dir=Path(out_dir).parent) as init_dir:
+            init_model(size, tokenizer_dir, init_dir, seed=init_seed)
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32, use_safetensors=True)
+            tokenizer = AutoTokenizer.from_pretrained(init_dir)
+        before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        result = train(model, tokenizer, examples, cfg, out_dir=out_dir, progress=False)
+        n = max(1, min(cfg.log_every, len(result.losses)))
+        q.put(("done", size, {
+            "size": size,
+            "params": count_params(out_dir),
+            "steps": result.steps,
+            "first_loss": round(sum(result.losses[:n]) / n, 4),
+            "final_loss": round(sum(result.losses[-n:]) / n, 4),
+            "weight_change": round(_weight_change(before, model.state_dict()), 4),
+            "tokens": result.tokens,
+            "tokens_per_s": round(result.tokens_per_s),
+            "seconds": round(result.seconds, 1),
+            "skipped": result.skipped,
+            "precision": result.precision,
+            "config": asdict(cfg),
+        }))
+    except BaseException as e:  # report, then let the process fail
+        q.put(("error", size, f"{type(e).__name__}: {e}"))
+        raise
+
+
+def train_bases(
+    examples: Sequence[SFTExample | str],
+    tokenizer_dir: str | os.PathLike,
+    models_dir: str | os.PathLike,
+    configs: dict[str, TrainConfig],
+    *,
+    init_seed: int = 0,
+    progress: bool = True,
+    timeout_s: float = 3600.0,
+) -> dict[str, dict]:
+    """Train one base per entry of ``configs`` (size name -> TrainConfig), all in parallel.
+
+    Writes ``<models_dir>/<size>-base`` for each size; returns size -> training summary.
+    A failing process is a RuntimeError naming its size (the others are stopped).
+    """
+    if not configs:
+        raise ValueError("train_bases: no sizes to train")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    models = Path(models_dir)
+    models.mkdir(parents=True, exist_ok=True)
+    procs = {
+        size: ctx.Process(
+            target=_train_one,
+            args=(size, str(tokenizer_dir), list(examples), cfg, str(models / f"{size}-base"), init_seed, q),
+            name=f"train-{size}",
+        )
+        for size, cfg in configs.items()
+    }
+    bars = {
+        size: tqdm(total=cfg.max_steps or None, desc=f"{size}-base", position=i, disable=not progress,
+                   unit="step", dynamic_ncols=True, leave=True)
+        for i, (size, cfg) in enumerate(configs.items())
+    }
+    results: dict[str, dict] = {}
+    start = time.monotonic()
+    for p in procs.values():
+        p.start()
+    try:
+        while len(results) < len(procs):
+            try:
+                kind, size, *payload = q.get(timeout=_POLL_S)
+            except queue.Empty:
+                dead = [s for s, p in procs.items() if s not in results and not p.is_alive()]
+                if dead:
+                    raise RuntimeError(
+                        f"base model training for {dead[0]} died (exit code {procs[dead[0]].exitcode})"
+                    ) from None
+                if time.monotonic() - start > timeout_s:
+                    raise RuntimeError(f"base model training took longer than {timeout_s:.0f} s") from None
+                continue
+            if kind == "progress":
+                step, total, loss = payload
+                bar = bars[size]
+                bar.total = total
+                bar.update(step - bar.n)
+                bar.set_postfix(loss=f"{loss:.3f}")
+            elif kind == "done":
+                results[size] = payload[0]
+            else:
+                raise RuntimeError(f"base model training for {size} failed: {payload[0]}")
+        for p in procs.values():
+            p.join(timeout=60)
+    finally:
+        for bar in bars.values():
+            bar.close()
+        for p in procs.values():
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=10)
+        q.close()
+        q.join_thread()
+    return results
+
+
+def link_warm(models_dir: str | os.PathLike, source: str = "L-base", name: str = "L-warm") -> str:
+    """Make ``<models_dir>/<name>`` point at ``source``: a relative symlink, or a copy where links fail.
+
+    Returns ``"symlink"`` or ``"copy"``.
+    """
+    models = Path(models_dir)
+    link = models / name
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.is_dir():
+        shutil.rmtree(link)
+    try:
+        link.symlink_to(source, target_is_directory=True)
+        return "symlink"
+    except OSError:
+        shutil.copytree(models / source, link)
+        return "copy"

@@ -1,0 +1,364 @@
+"""Build a whole toy world: data, tokenizer, demonstrations, base models, their warm-start scores.
+
+``build_world(out_dir, seed, size)`` runs five timed phases and records them in
+``<world>/world.json``:
+
+1. data: ``toyworld.build.build_world_data`` (target corpus and splits, auxiliary worlds);
+2. tokenizer: a byte-level BPE trained on the target and auxiliary corpora, the
+   auxiliary questions and rendered step prompts (``<world>/tokenizer/``);
+3. demos: the noisy demonstrator (``toyworld.demos``) on the auxiliary questions,
+   driving the real agent over BM25 on each auxiliary corpus (``<world>/demos/``);
+4. train: XS, S and L bases trained in parallel on the auxiliary passages plus the
+   demonstrations (``<world>/models/{XS,S,L}-base``; ``L-warm`` links to ``L-base``);
+5. eval: every base acting in the target world on toy-test with search, and L-warm
+   closed book (no search), greedy.
+
+Nothing from the target world's questions is trained on; its corpus only shapes the
+tokenizer. The world is built in a temporary sibling directory and renamed into place
+at the end, so a crash never leaves a half world; ``world.json`` is the completion
+mark, and a later call with the same seed and size returns it without rebuilding.
+
+``with_world_paths(cfg)`` is the one place a config's world-dependent paths are
+filled in (engine.model -> L-warm, search.corpus -> the world's corpus).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from learner.trainer import TrainConfig
+from rest.config import AgentConfig, Config, ConfigError, EvalConfig, WorldConfig
+from toyworld.graph import WorldSize
+
+WORLD_JSON = "world.json"
+SIZES = ("XS", "S", "L")
+#: the agent the demonstrations are recorded with; configs/toy.yaml must agree on these fields
+TOY_AGENT = AgentConfig(prompt_style="zeroshot", search_budget=6, topk=2, max_new_tokens=64)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a build chooses besides the seed: one per size preset."""
+
+    world: WorldSize
+    n_aux: int = 2
+    #: demonstrations per auxiliary world (0 = one per auxiliary question)
+    demos_per_aux: int = 0
+    #: per-decision mistake probability of the demonstrator
+    noise: float = 0.1
+    #: probability that a self-check fixes a wrong answer its notes contradict
+    fix_rate: float = 0.5
+    #: BPE vocabulary: 3,072 makes every name word one token both after a space and after a quote
+    vocab_size: int = 3072
+    #: copies of the name-word list in the tokenizer's training text (see ``_tokenizer_texts``)
+    name_list_copies: int = 20
+    #: training run per model size (sizes absent here are not built)
+    train: dict[str, TrainConfig] = field(default_factory=dict)
+    #: evaluate on the first N test questions (0 = all)
+    eval_limit: int = 0
+    #: evaluation processes at once
+    eval_workers: int = 2
+
+
+def _train(steps: int, lr: float, batch_size: int = 16, **kw) -> TrainConfig:
+    return TrainConfig(max_steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 25),
+                       max_len=320, log_every=10, **kw)
+
+
+RECIPES: dict[str, Recipe] = {
+    "default": Recipe(
+        world=WorldSize(),
+        train={"XS": _train(3000, 6e-3), "S": _train(3000, 5e-3), "L": _train(3000, 4e-3)},
+    ),
+    "tiny": Recipe(
+        world=WorldSize.tiny(),
+        demos_per_aux=60,
+        train={s: _train(40, 3e-3, batch_size=32) for s in SIZES},
+        eval_limit=10,
+    ),
+}
+
+
+# ---------------------------------------------------------------- the build
+
+
+def build_world(out_dir: str | os.PathLike, seed: int, size: str = "default", *, progress: bool = True) -> dict:
+    """Build (or return the cached) toy world at ``out_dir``; returns its ``world.json`` record."""
+    if size not in RECIPES:
+        raise ValueError(f"unknown world size {size!r} (known: {', '.join(RECIPES)})")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    out = Path(out_dir)
+    cached = read_world(out)
+    if cached is not None:
+        if cached.get("seed") != seed or cached.get("size") != size:
+            raise ValueError(f"{out} holds a world of seed {cached.get('seed')} size {cached.get('size')!r}, "
+                             f"not seed {seed} size {size!r}: choose another directory")
+        return cached
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not a built toy world (no {WORLD_JSON}): refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        record = _build(tmp, seed, size, RECIPES[size], progress)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return record
+
+
+def read_world(world_dir: str | os.PathLike) -> dict | None:
+    """The ``world.json`` record of a built world, or None when there is none."""
+    path = Path(world_dir) / WORLD_JSON
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+class _Phases:
+    """Wall time of each build phase, printed as it ends."""
+
+    def __init__(self, verbose: bool):
+        self.seconds: dict[str, float] = {}
+        self.verbose = verbose
+
+    def __call__(self, name: str):
+        phases = self
+
+        class _Timer:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                phases.seconds[name] = round(time.perf_counter() - self.t0, 1)
+                if phases.verbose and exc[0] is None:
+                    print(f"[world] {name}: {phases.seconds[name]:.1f} s", flush=True)
+
+        return _Timer()
+
+
+def _build(root: Path, seed: int, size: str, recipe: Recipe, progress: bool) -> dict:
+    from toyworld.base_models import link_warm, train_bases
+    from toyworld.build import build_world_data
+
+    phase = _Phases(progress)
+    cache = root / ".cache" / "bm25"
+    with phase("data"):
+        manifest = build_world_data(root, seed, recipe.world, n_aux=recipe.n_aux)
+    with phase("demos"):
+        demos = _demonstrations(root, seed, recipe, cache)
+    with phase("tokenizer"):
+        from toyworld.modelzoo import train_tokenizer
+
+        train_tokenizer(_tokenizer_texts(root, recipe, demos), root / "tokenizer", vocab_size=recipe.vocab_size)
+    examples = [ex for d in demos.values() for ex in d.examples()] + list(_aux_passages(root, recipe))
+    with phase("train"):
+        trained = train_bases(examples, root / "tokenizer", root / "models", recipe.train, init_seed=seed,
+                              progress=progress)
+        warm = link_warm(root / "models") if "L" in trained else None
+    with phase("eval"):
+        evals = evaluate_bases(root, [s for s in SIZES if s in trained], recipe, cache)
+    shutil.rmtree(root / ".cache", ignore_errors=True)
+    demo_stats = {f"aux{i}": d.stats() for i, d in demos.items()}
+    record = {
+        "seed": seed,
+        "size": size,
+        "world_size": dataclasses.asdict(recipe.world),
+        "aux_seeds": [a["seed"] for a in manifest["aux"]],
+        "questions": manifest["questions"],
+        "agent": dataclasses.asdict(TOY_AGENT),
+        "demos": {
+            "noise": recipe.noise,
+            "fix_rate": recipe.fix_rate,
+            "trajectories": sum(s["trajectories"] for s in demo_stats.values()),
+            "steps": sum(s["steps"] for s in demo_stats.values()),
+            "accuracy": round(sum(d.accuracy * len(d.demos) for d in demos.values())
+                              / max(1, sum(len(d.demos) for d in demos.values())), 4),
+            "per_aux": demo_stats,
+        },
+        "training_sequences": {"demo_steps": sum(len(d.examples()) for d in demos.values()),
+                               "passages": len(examples) - sum(len(d.examples()) for d in demos.values())},
+        "tokenizer": {"vocab_size": recipe.vocab_size},
+        "models": {s: {**trained[s], "dir": f"models/{s}-base"} for s in trained},
+        "warm": {"dir": "models/L-warm", "source": "models/L-base", "how": warm} if warm else None,
+        "evals": evals,
+        "timings": phase.seconds,
+    }
+    record["timings"]["total"] = round(sum(phase.seconds.values()), 1)
+    (root / WORLD_JSON).write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+# ---------------------------------------------------------------- phases
+
+
+def _aux_dir(root: Path, i: int) -> Path:
+    return root / "aux" / str(i)
+
+
+def _demonstrations(root: Path, seed: int, recipe: Recipe, cache: Path) -> dict:
+    """Demonstrations per auxiliary world (its graph is rebuilt from its seed to look facts up)."""
+    import gzip
+
+    from actors.search.bm25 import BM25Search
+    from toyworld.build import aux_seed, load_questions
+    from toyworld.demos import WorldFacts, demonstrate
+    from toyworld.graph import make_world
+    from toyworld.render import render_world
+
+    target_triples = make_world(seed, recipe.world).triples()
+    out: dict = {}
+    for i in range(recipe.n_aux):
+        aux = make_world(aux_seed(seed, i), recipe.world, avoid=target_triples)
+        facts = WorldFacts(aux, render_world(aux))
+        records = load_questions(_aux_dir(root, i) / "questions.jsonl")
+        if recipe.demos_per_aux:
+            records = records[: recipe.demos_per_aux]
+        search = BM25Search(_aux_dir(root, i) / "corpus.jsonl.gz", cache_dir=cache)
+        demos = demonstrate(records, facts, search, TOY_AGENT, noise=recipe.noise, fix_rate=recipe.fix_rate,
+                            seed=seed * 1000 + i)
+        out[i] = demos
+        path = root / "demos" / f"aux{i}.jsonl.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            for d in demos.demos:
+                row = {"gold": d.gold, "correct": d.correct, "noise": d.noise_events,
+                       "trajectory": d.trajectory.to_dict()}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return out
+
+
+def _aux_passages(root: Path, recipe: Recipe) -> Iterator[str]:
+    """Language-modelling texts: every auxiliary passage as ``title\\ntext``."""
+    from toyworld.build import iter_corpus
+
+    for i in range(recipe.n_aux):
+        for p in iter_corpus(_aux_dir(root, i) / "corpus.jsonl.gz"):
+            yield f"{p['title']}\n{p['text']}"
+
+
+def _tokenizer_texts(root: Path, recipe: Recipe, demos: dict) -> Iterator[str]:
+    """Target and auxiliary passages, auxiliary questions, one in four demonstrations' steps, name words.
+
+    A name's first word inside a literal follows a quote, not a space (``Search("Ruth
+    Miller born")``, ``"Louth [link_id=4]"``), and byte-level BPE gives ``Ruth`` and
+    `` Ruth`` different tokens. Measured: with the world text alone, 101 of 546 name
+    words were one token after a quote, and answers such as ``"Louth`` split into
+    ``L outh``, which a tiny model must then spell instead of copy. The name-word list,
+    written in both forms, makes each form one token (546 of 546 at 3,072).
+    """
+    from toyworld import pools
+    from toyworld.build import iter_corpus, load_questions
+
+    for p in iter_corpus(root / "corpus.jsonl.gz"):
+        yield f"{p['title']}\n{p['text']}"
+    yield from _aux_passages(root, recipe)
+    for i in range(recipe.n_aux):
+        for q in load_questions(_aux_dir(root, i) / "questions.jsonl"):
+            yield q["question"]
+    for d in demos.values():
+        for demo in d.demos[::4]:
+            for ex in demo.examples():
+                yield ex.prompt + ex.completion
+    names = " ".join(f'"{w} {w}' for w in pools.name_words())
+    for _ in range(recipe.name_list_copies):
+        yield names
+
+
+# ---------------------------------------------------------------- warm-start evaluation
+
+
+def _eval_job(model_dir: str, corpus: str | None, cache_dir: str, questions: str, limit: int) -> dict:
+    """One evaluation in its own process (one torch thread): greedy, one sample per step."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(1)
+    transformers.utils.logging.disable_progress_bar()
+    from actors.engines.hf import HFEngine
+    from actors.search.bm25 import BM25Search
+    from evals.datasets import load_dataset
+    from evals.qa import evaluate
+
+    engine = HFEngine(model_dir, threads=1)
+    search = BM25Search(corpus, cache_dir=cache_dir) if corpus else None
+    result = evaluate(engine, search, load_dataset(questions), TOY_AGENT, EvalConfig(limit=limit))
+    stats = result.runner_stats
+    return {
+        "accuracy": round(result.accuracy, 4),
+        "ci95": [round(x, 4) for x in result.ci95],
+        "n": result.n,
+        "parse_rate": round(1 - stats["parse_failures"] / max(1, stats["samples"]), 4),
+        "end_reasons": result.end_reasons,
+        "searches_per_episode": round(result.searches_per_episode, 2),
+        "seconds": round(result.seconds, 1),
+    }
+
+
+def evaluate_bases(root: Path, sizes: list[str], recipe: Recipe, cache: Path, split: str = "test") -> dict:
+    """Each base on ``split`` with search, and L-warm closed book, in parallel processes.
+
+    Returns ``{"<size>-base": {...}, "L-warm-closed-book": {...}}`` with accuracy, its
+    Wilson 95% CI, the share of sampled steps that parsed and the end reasons.
+    """
+    import multiprocessing as mp
+
+    from actors.search.bm25 import BM25Search
+
+    corpus = str(root / "corpus.jsonl.gz")
+    BM25Search(corpus, cache_dir=cache)  # build the index once, before the workers load it
+    questions = str(root / "questions" / f"{split}.jsonl")
+    jobs: dict[str, tuple] = {}
+    for s in sorted(sizes, key=lambda s: -SIZES.index(s)):  # the slowest (L) first
+        jobs[f"{s}-base"] = (str(root / "models" / f"{s}-base"), corpus, str(cache), questions, recipe.eval_limit)
+        if s == "L":
+            jobs["L-warm-closed-book"] = (str(root / "models" / "L-warm"), None, str(cache), questions,
+                                          recipe.eval_limit)
+    with mp.get_context("spawn").Pool(processes=max(1, min(recipe.eval_workers, len(jobs)))) as pool:
+        pending = {name: pool.apply_async(_eval_job, args) for name, args in jobs.items()}
+        return {name: {"split": split, **res.get(timeout=3600)} for name, res in pending.items()}
+
+
+# ---------------------------------------------------------------- configs
+
+
+def ensure_world(world_cfg: WorldConfig) -> Path:
+    """The world directory a config names, built on first use (see ``build_world``)."""
+    if not world_cfg.dir:
+        raise ConfigError("world.dir: required to use the toy world (e.g. worlds/toy-0)")
+    try:
+        build_world(world_cfg.dir, world_cfg.seed, world_cfg.size)
+    except ValueError as e:
+        raise ConfigError(f"world: {e}") from None
+    return Path(world_cfg.dir)
+
+
+def with_world_paths(cfg: Config) -> Config:
+    """``cfg`` with its empty world-dependent paths filled from ``world.dir`` (building the world if needed).
+
+    engine.model empty -> ``<world>/models/L-warm``; search.corpus empty (bm25) ->
+    ``<world>/corpus.jsonl.gz``. Paths set explicitly are kept. Without world.dir the
+    config is returned unchanged.
+    """
+    need_model = not cfg.engine.model
+    need_corpus = cfg.search.backend == "bm25" and not cfg.search.corpus
+    if not cfg.world.dir or not (need_model or need_corpus):
+        return cfg
+    world = ensure_world(cfg.world)
+    cfg = dataclasses.replace(cfg)
+    if need_model:
+        cfg.engine = dataclasses.replace(cfg.engine, model=str(world / "models" / "L-warm"))
+    if need_corpus:
+        cfg.search = dataclasses.replace(cfg.search, corpus=str(world / "corpus.jsonl.gz"))
+    return cfg
