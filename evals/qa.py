@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,7 @@ from actors.search.base import SearchBackend
 from agent.runner import EpisodeRunner
 from agent.trajectory import Question, Trajectory
 from evals.metrics import contains, exact_match, token_f1, wilson_ci
+from rest.batch import write_atomic
 from rest.config import AgentConfig, ConfigError, EvalConfig
 
 #: the judge behind every number this module produces
@@ -165,6 +165,32 @@ def evaluate(
     trajectories = runner.run(questions)
     seconds = time.perf_counter() - t0
 
+    return score_trajectories(
+        questions, trajectories, dataset=dataset, model=model, judge=judge, search=describe_search(search),
+        agent=cfg, runner_stats=runner.stats.to_dict(), seconds=seconds, extras=extras,
+    )
+
+
+def score_trajectories(
+    questions: Sequence[Question],
+    trajectories: Sequence[Trajectory],
+    *,
+    dataset: str,
+    model: str,
+    judge: str,
+    search: dict[str, Any],
+    agent: AgentConfig,
+    runner_stats: dict[str, Any],
+    seconds: float,
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
+) -> EvalResult:
+    """Score one trajectory per question (same order) into an ``EvalResult``.
+
+    Shared by ``evaluate`` (its own engine) and the ReST driver (trajectories from
+    sampler actors), so a score means the same thing wherever it was made.
+    """
+    if not questions:
+        raise ValueError(f"{dataset}: nothing to score")
     extras = extras or {}
     predictions = [_prediction(q, t, extras.get(q.id)) for q, t in zip(questions, trajectories, strict=True)]
     n = len(predictions)
@@ -178,11 +204,11 @@ def evaluate(
         f1=sum(p["f1"] for p in predictions) / n,
         contains=sum(p["contains"] for p in predictions) / n,
         judge=judge,
-        search=describe_search(search),
+        search=search,
         end_reasons=dict(Counter(end_reason_key(t) for t in trajectories).most_common()),
         searches_per_episode=sum(t.searches_used for t in trajectories) / n,
-        agent=dataclasses.asdict(cfg),
-        runner_stats=runner.stats.to_dict(),
+        agent=dataclasses.asdict(agent),
+        runner_stats=runner_stats,
         seconds=seconds,
         predictions=predictions,
     )
@@ -207,19 +233,6 @@ def end_reasons_line(result: EvalResult) -> str:
     return f"end reasons: {parts}  (searches/episode {result.searches_per_episode:.2f}, {result.seconds:.1f} s)"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_result(result: EvalResult, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``predictions.jsonl`` then ``score.json`` into ``out_dir``; return both paths.
 
@@ -228,6 +241,6 @@ def write_result(result: EvalResult, out_dir: str | os.PathLike) -> tuple[Path, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     preds_path, score_path = out / "predictions.jsonl", out / "score.json"
-    _write_atomic(preds_path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions))
-    _write_atomic(score_path, json.dumps(result.score_dict(), indent=2, ensure_ascii=False) + "\n")
+    write_atomic(preds_path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions))
+    write_atomic(score_path, json.dumps(result.score_dict(), indent=2, ensure_ascii=False) + "\n")
     return preds_path, score_path

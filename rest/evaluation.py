@@ -16,8 +16,7 @@ from typing import Any
 
 from agent.trajectory import Trajectory
 from evals.datasets import Dataset
-from evals.metrics import contains, exact_match, token_f1, wilson_ci
-from evals.qa import JUDGE_DETERMINISTIC, TARGETED_CORPORA, TARGETED_LABEL, EvalResult, end_reason_key
+from evals.qa import JUDGE_DETERMINISTIC, TARGETED_CORPORA, TARGETED_LABEL, EvalResult, score_trajectories
 from rest.config import Config, SearchConfig
 
 
@@ -52,41 +51,9 @@ def score(data: Dataset, trajectories: Sequence[dict[str, Any]], cfg: Config, mo
     questions = [q for q in data.questions if q.id in by_question]
     if len(questions) != len(by_question):
         raise ValueError(f"{data.name}: trajectories for questions not in the dataset")
-    predictions = []
-    for q in questions:
-        traj = by_question[q.id]
-        predictions.append({
-            "question_id": q.id,
-            "question": q.question,
-            "trajectory_id": traj.id,
-            "answer": traj.answer,
-            "golds": list(q.answers),
-            "exact_match": exact_match(traj.answer, q.answers),
-            "f1": token_f1(traj.answer, q.answers),
-            "contains": contains(traj.answer, q.answers),
-            "end_reason": traj.end_reason,
-            "searches_used": traj.searches_used,
-            "extra": dict(data.extras.get(q.id, {})),
-        })
-    n = len(predictions)
-    if n == 0:
-        raise ValueError(f"{data.name}: nothing to score")
-    k = sum(p["exact_match"] for p in predictions)
     agent = dataclasses.replace(cfg.agent, temperature=cfg.eval.temperature, k_samples=cfg.eval.k_samples)
-    return EvalResult(
-        dataset=data.name,
-        model=model,
-        n=n,
-        accuracy=k / n,
-        ci95=wilson_ci(k, n),
-        f1=sum(p["f1"] for p in predictions) / n,
-        contains=sum(p["contains"] for p in predictions) / n,
-        judge=JUDGE_DETERMINISTIC,
-        search=search_info(cfg.search),
-        end_reasons=dict(Counter(end_reason_key(by_question[q.id]) for q in questions).most_common()),
-        searches_per_episode=sum(p["searches_used"] for p in predictions) / n,
-        agent=dataclasses.asdict(agent),
-        runner_stats=trajectory_counters(trajectories),
-        seconds=seconds,
-        predictions=predictions,
+    return score_trajectories(
+        questions, [by_question[q.id] for q in questions], dataset=data.name, model=model,
+        judge=JUDGE_DETERMINISTIC, search=search_info(cfg.search), agent=agent,
+        runner_stats=trajectory_counters(trajectories), seconds=seconds, extras=data.extras,
     )
