@@ -14,13 +14,13 @@ repository's ``data/`` (see data/PROVENANCE.md); anything else is a path.
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.trajectory import Question
+from rest.jsonl import parse_object
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = {
@@ -112,12 +112,7 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def _parse_record(line: str, where: str) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(record, dict):
-        raise DatasetError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    record = parse_object(line, where, DatasetError)
     for key in ("id", "question"):
         if key not in record:
             raise DatasetError(f"{where}: missing key {key!r} (need id, question, answers)")

@@ -26,6 +26,7 @@ from typing import Any
 
 from agent.trajectory import Step, Trajectory
 from learner.data import SFTExample
+from rest.jsonl import parse_object
 
 #: the keys every record has
 RECORD_KEYS = (
@@ -69,13 +70,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BatchError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise BatchError(f"{path}:{lineno}: expected a JSON object")
-            rows.append(row)
+            rows.append(parse_object(line, f"{path}:{lineno}", BatchError))
     return rows
 
 

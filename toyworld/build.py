@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+from rest.jsonl import parse_object
 from toyworld.graph import World, WorldSize, make_world
 from toyworld.questions import Draft, balanced_sample, generate_questions
 from toyworld.render import Corpus, render_world
@@ -158,12 +159,7 @@ def _lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
 
 
 def _parse(path: str | os.PathLike, lineno: int, line: str, keys: tuple[str, ...]) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+    row = parse_object(line, f"{path}:{lineno}")
     missing = [k for k in keys if k not in row]
     if missing:
         raise ValueError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}")

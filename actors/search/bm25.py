@@ -30,6 +30,7 @@ import bm25s
 import Stemmer
 
 from actors.search.base import Passage, SearchError
+from rest.jsonl import parse_object
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,7 @@ def read_corpus(path: str | os.PathLike) -> tuple[list[Passage], str]:
 
 
 def _parse_line(line: str, where: str) -> Passage:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise SearchError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(row, dict):
-        raise SearchError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    row = parse_object(line, where, SearchError)
     for key in ("id", "title", "text"):
         if key not in row:
             raise SearchError(f"{where}: missing key {key!r} (need id, title, text)")
