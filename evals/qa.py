@@ -103,15 +103,24 @@ def describe_search(search: SearchBackend | None) -> dict[str, Any]:
         return {"backend": "closed-book", "targeted_corpus": False, "label": "closed book"}
     corpus = getattr(search, "corpus_path", None)
     if corpus is not None:
-        name = Path(corpus).name
-        targeted = name.startswith(TARGETED_CORPORA)
-        label = f"bm25 {name}" + (f"; {TARGETED_LABEL}, not open-search accuracy" if targeted else "")
-        return {"backend": "bm25", "corpus": str(corpus), "targeted_corpus": targeted, "label": label}
+        return bm25_info(corpus)
     url = getattr(search, "url", None)
     if url is not None:
-        return {"backend": "http", "url": str(url), "targeted_corpus": False, "label": f"http {url}"}
+        return http_info(url)
     kind = type(search).__name__
     return {"backend": kind, "targeted_corpus": False, "label": kind}
+
+
+def bm25_info(corpus: str | os.PathLike) -> dict[str, Any]:
+    """BM25 over ``corpus``, labelled "targeted corpus" when it was retrieved for the questions."""
+    name = Path(corpus).name
+    targeted = name.startswith(TARGETED_CORPORA)
+    label = f"bm25 {name}" + (f"; {TARGETED_LABEL}, not open-search accuracy" if targeted else "")
+    return {"backend": "bm25", "corpus": str(corpus), "targeted_corpus": targeted, "label": label}
+
+
+def http_info(url: str) -> dict[str, Any]:
+    return {"backend": "http", "url": str(url), "targeted_corpus": False, "label": f"http {url}"}
 
 
 def end_reason_key(traj: Trajectory) -> str:

@@ -11,23 +11,17 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from agent.trajectory import Trajectory
 from evals.datasets import Dataset
-from evals.qa import JUDGE_DETERMINISTIC, TARGETED_CORPORA, TARGETED_LABEL, EvalResult, score_trajectories
+from evals.qa import JUDGE_DETERMINISTIC, EvalResult, bm25_info, http_info, score_trajectories
 from rest.config import Config, SearchConfig
 
 
 def search_info(cfg: SearchConfig) -> dict[str, Any]:
     """Where the agent searched, labelled like ``evals.qa.describe_search`` does."""
-    if cfg.backend == "bm25":
-        name = Path(cfg.corpus).name
-        targeted = name.startswith(TARGETED_CORPORA)
-        label = f"bm25 {name}" + (f"; {TARGETED_LABEL}, not open-search accuracy" if targeted else "")
-        return {"backend": "bm25", "corpus": cfg.corpus, "targeted_corpus": targeted, "label": label}
-    return {"backend": "http", "url": cfg.url, "targeted_corpus": False, "label": f"http {cfg.url}"}
+    return bm25_info(cfg.corpus) if cfg.backend == "bm25" else http_info(cfg.url)
 
 
 def trajectory_counters(trajectories: Sequence[dict[str, Any]]) -> dict[str, int]:
