@@ -4,6 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 VSTAMP  := $(VENV)/.vllm-installed
+BSTAMP  := $(VENV)/.browser-installed
 CONFIG  ?= configs/toy.yaml
 PYTEST_ARGS ?=
 
@@ -13,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-vllm run test test-slow bench lint clean
+.PHONY: setup setup-vllm setup-browser run test test-slow bench lint clean
 
 setup: $(STAMP)
 
@@ -34,13 +35,21 @@ $(VSTAMP): $(STAMP)
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton || true
 	touch $@
 
+# Headless Debian chromium for the report's real-browser test (tests/slow/test_report_browser.py).
+setup-browser: $(BSTAMP)
+
+$(BSTAMP): $(STAMP)
+	test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+	touch $@
+
 run: setup
 	$(BIN)/rest-react run --config $(CONFIG)
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS) tests
 
-test-slow: setup setup-vllm
+test-slow: setup setup-vllm setup-browser
 	$(BIN)/python -m pytest -m slow -q $(PYTEST_ARGS) tests
 
 bench: setup

@@ -4,7 +4,11 @@
 fills its waves from the whole set), with the agent's sampling replaced by the eval
 section's (greedy, one sample by default), then scores each final answer against
 its golds: exact match after SQuAD normalisation is the accuracy, token F1 and
-gold containment are reported beside it. Every number says which judge produced it.
+gold containment are reported beside it. With ``eval.judge=llm`` the accuracy is the
+paper's instead: the mean over R runs of the ``Check_Answer`` LLM judge
+(``evals.judge``; ``apply_llm_judge``), its spread and no-verdict counts in
+``llm_judge``, exact match still in every prediction. Every number says which judge
+produced it.
 
 ``write_result`` leaves two files: ``predictions.jsonl`` (one line per question:
 its answer, golds, per-metric verdicts and why the episode ended, so a score can
@@ -23,7 +27,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from actors.engines.base import Engine
 from actors.search.base import SearchBackend
 from agent.runner import EpisodeRunner
 from agent.trajectory import Question, Trajectory
+from evals.judge import CheckAnswerJudge, check_llm_judge
 from evals.metrics import contains, exact_match, token_f1, wilson_ci
 from rest.batch import write_atomic
 from rest.config import AgentConfig, ConfigError, EvalConfig
@@ -50,9 +55,9 @@ class EvalResult:
     dataset: str
     model: str
     n: int
-    #: exact-match rate under ``judge``
+    #: share judged correct by ``judge`` (deterministic: exact match; llm: mean over its runs)
     accuracy: float
-    #: Wilson 95% interval of ``accuracy``
+    #: Wilson 95% interval of ``accuracy`` over the questions
     ci95: tuple[float, float]
     f1: float
     contains: float
@@ -67,10 +72,13 @@ class EvalResult:
     runner_stats: dict[str, Any]
     seconds: float
     predictions: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    #: the LLM judge's runs (``JudgeRuns.summary`` plus the exact-match rate), when it made ``accuracy``
+    llm_judge: dict[str, Any] | None = None
 
     @property
     def n_correct(self) -> int:
-        return sum(p["exact_match"] for p in self.predictions)
+        """Questions judged correct (the LLM judge's mean over runs, rounded)."""
+        return round(self.accuracy * self.n)
 
     def score_dict(self) -> dict[str, Any]:
         """What ``score.json`` holds: every field but the predictions (they have their own file)."""
@@ -81,17 +89,19 @@ class EvalResult:
         return d
 
 
-def check_judge(eval_cfg: EvalConfig) -> str:
-    """The name of the judge ``eval_cfg`` asks for, if this module can run it; else ConfigError.
+def check_judge(eval_cfg: EvalConfig, llm_judge_given: bool = False) -> str:
+    """The name of the judge ``eval_cfg`` asks for, if the caller can run it; else ConfigError.
 
-    Only the deterministic judge exists so far. The paper's LLM ``Check_Answer`` judge
-    needs its own engine (and a few-shot prompt): ``eval.judge`` is its seam.
+    The LLM ``Check_Answer`` judge needs its own engine: ``rest-react eval`` builds one
+    (``llm_judge_given``); the ReST driver's evaluation does not, and refuses it.
     """
     if eval_cfg.judge == "llm":
-        raise ConfigError(
-            "eval.judge: the LLM Check_Answer judge needs a judge engine, which this command "
-            "does not configure yet; use eval.judge=deterministic"
-        )
+        if not llm_judge_given:
+            raise ConfigError(
+                "eval.judge: the LLM Check_Answer judge needs a judge engine, which the ReST driver "
+                "does not hold; use eval.judge=deterministic and `rest-react eval --judge-model DIR` on its checkpoints"
+            )
+        return check_llm_judge(eval_cfg)
     if eval_cfg.judge != "deterministic":
         raise ConfigError(f"eval.judge: unknown judge {eval_cfg.judge!r} (known: deterministic, llm)")
     return JUDGE_DETERMINISTIC
@@ -155,13 +165,21 @@ def evaluate(
     dataset: str = "custom",
     model: str = "",
     extras: Mapping[str, Mapping[str, Any]] | None = None,
+    llm_judge: CheckAnswerJudge | Callable[[], CheckAnswerJudge] | None = None,
 ) -> EvalResult:
     """Run the agent on ``questions`` (``search=None``: closed book) and score it (see module doc).
 
     ``extras`` maps a question id to its record's extra fields, copied into its
-    prediction line. ``eval_cfg.limit`` keeps the first N questions.
+    prediction line. ``eval_cfg.limit`` keeps the first N questions. With
+    ``eval_cfg.judge == "llm"``, ``llm_judge`` scores the answers: a judge, or a
+    function that builds one, called after the agent's run (so the policy's engine can
+    be closed first and two engines never share the accelerator).
     """
-    judge = check_judge(eval_cfg)
+    if (llm_judge is not None) != (eval_cfg.judge == "llm"):
+        if llm_judge is None:
+            check_judge(eval_cfg)  # the refusal, worded once
+        raise ConfigError(f"eval.judge: an LLM judge was given but eval.judge={eval_cfg.judge}")
+    judge = check_judge(eval_cfg) if llm_judge is None else JUDGE_DETERMINISTIC  # the LLM judge relabels it
     questions = list(questions[: eval_cfg.limit] if eval_cfg.limit else questions)
     if not questions:
         raise ValueError("no questions to evaluate")
@@ -174,9 +192,34 @@ def evaluate(
     trajectories = runner.run(questions)
     seconds = time.perf_counter() - t0
 
-    return score_trajectories(
+    result = score_trajectories(
         questions, trajectories, dataset=dataset, model=model, judge=judge, search=describe_search(search),
         agent=cfg, runner_stats=runner.stats.to_dict(), seconds=seconds, extras=extras,
+    )
+    if eval_cfg.judge == "llm":
+        result = apply_llm_judge(result, llm_judge if isinstance(llm_judge, CheckAnswerJudge) else llm_judge())
+    return result
+
+
+def apply_llm_judge(result: EvalResult, judge: CheckAnswerJudge) -> EvalResult:
+    """``result`` re-scored by the LLM judge: accuracy = mean over its runs; verdicts in every prediction.
+
+    Every prediction gains ``judge_verdicts`` (one per run: true, false, or null = no
+    verdict), ``judge_correct`` (the share of runs that judged it correct) and
+    ``judge_texts`` (the raw completions, cut), so each run's score can be audited.
+    """
+    t0 = time.perf_counter()
+    runs = judge.judge([(p["question"], p["answer"], p["golds"]) for p in result.predictions])
+    predictions = [
+        {**p, "judge_verdicts": v, "judge_correct": sum(x is True for x in v) / runs.runs, "judge_texts": t}
+        for p, v, t in zip(result.predictions, runs.verdicts, runs.texts, strict=True)
+    ]
+    summary, n, seconds = runs.summary(), result.n, time.perf_counter() - t0
+    return dataclasses.replace(
+        result, accuracy=summary["mean"], ci95=wilson_ci(round(summary["mean"] * n), n), judge=runs.name,
+        predictions=predictions, seconds=result.seconds + seconds,
+        llm_judge={**summary, "exact_match": sum(p["exact_match"] for p in predictions) / n,
+                   "seconds": round(seconds, 3)},
     )
 
 
@@ -227,10 +270,19 @@ def score_trajectories(
 
 
 def summary_line(result: EvalResult) -> str:
-    """One line: dataset, model, accuracy with its CI, n, F1, judge and where the agent searched."""
+    """One line: dataset, model, accuracy with its CI, n, F1, judge and where the agent searched.
+
+    An LLM judge's accuracy also shows its std over runs, the exact-match rate and the
+    runs' no-verdict total.
+    """
     lo, hi = result.ci95
+    llm = result.llm_judge
+    spread = "" if llm is None else (
+        f" +- {100 * llm['std']:.1f} over {llm['runs']} judge runs (exact match {100 * llm['exact_match']:.1f}%, "
+        f"no verdict {sum(llm['no_verdict_per_run'])})"
+    )
     return (
-        f"{result.dataset}  model={result.model}  accuracy {100 * result.accuracy:.1f}% "
+        f"{result.dataset}  model={result.model}  accuracy {100 * result.accuracy:.1f}%{spread} "
         f"(95% CI {100 * lo:.1f}-{100 * hi:.1f})  n={result.n}  f1 {result.f1:.2f}  "
         f"judge={result.judge}  [search: {result.search['label']}]"
     )

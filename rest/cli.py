@@ -52,8 +52,10 @@ def cmd_episode(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a model on a question set with the deterministic judge; write predictions and score.
+    """Evaluate a model on a question set; write predictions and score.
 
+    The deterministic judge by default; ``--judge-model DIR`` (or ``eval.judge=llm``) adds
+    the paper's Check_Answer LLM judge, built once the policy's engine is closed.
     ``--world DIR`` without ``--config`` defaults ``agent.prompt_style`` to zeroshot
     (the toy world's tiny models are trained on the compact prompts); ``--set`` still wins.
     """
@@ -61,11 +63,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from evals.datasets import DatasetError, read_dataset
+    from evals.judge import CheckAnswerJudge
     from evals.qa import check_judge, end_reasons_line, evaluate, summary_line, write_result
     from rest.resources import build_engine, build_search
 
     defaults = ["agent.prompt_style=zeroshot"] if args.world and not args.config else []
-    cfg = load_config(args.config, defaults + args.overrides)
+    judge_sets = ["eval.judge=llm", f"eval.judge_model={args.judge_model}"] if args.judge_model else []
+    cfg = load_config(args.config, defaults + args.overrides + judge_sets)
     if args.limit is not None:
         if args.limit < 0:
             raise ConfigError(f"--limit: must be >= 0, got {args.limit}")
@@ -87,15 +91,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.search_url:
         cfg.search = dataclasses.replace(cfg.search, backend="http", url=args.search_url)
 
-    check_judge(cfg.eval)
+    check_judge(cfg.eval, llm_judge_given=True)
     try:
         data = read_dataset(args.dataset, cfg.world.dir or None)
     except DatasetError as e:
         raise ConfigError(str(e)) from None
     search = None if args.closed_book else build_search(cfg)
     engine = build_engine(cfg)
-    result = evaluate(engine, search, data.questions, cfg.agent, cfg.eval,
-                      dataset=data.name, model=args.model, extras=data.extras)
+
+    def llm_judge() -> CheckAnswerJudge:
+        engine.close()  # the agent is done: the judge's engine may take its memory
+        return CheckAnswerJudge.from_config(cfg)
+
+    result = evaluate(engine, search, data.questions, cfg.agent, cfg.eval, dataset=data.name, model=args.model,
+                      extras=data.extras, llm_judge=llm_judge if cfg.eval.judge == "llm" else None)
     out = args.out or os.path.join("runs", "eval", f"{Path(args.model.rstrip('/')).name}-{data.name}")
     write_result(result, out)
     print(summary_line(result))
@@ -165,6 +174,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write report.json, plots/ and report.html into a run dir (other runs given: ablation rows)."""
+    from evals.report import ReportError, results_markdown, write_report
+
+    if args.max_trajectories < 0:
+        raise ConfigError(f"--max-trajectories: must be >= 0, got {args.max_trajectories}")
+    try:
+        report = write_report(args.run, tuple(args.compare), max_trajectories=args.max_trajectories)
+    except ReportError as e:
+        raise ConfigError(str(e)) from None
+    print(f"{len(report['evals'])} evaluations, {report['browser']['shown']} rollouts in the browser, "
+          f"{len(report['plots'])} plots")
+    print(f"report: {os.path.join(args.run, 'report.html')}")
+    if args.markdown:
+        print("\n" + results_markdown(report), end="")
+    return 0
+
+
 def cmd_serve_search(args: argparse.Namespace) -> int:
     """Serve BM25 over a corpus on the Search-R1 retriever API."""
     from actors.search.server import serve_search_main
@@ -195,9 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="evaluate a model on a question set (deterministic judge)",
+        help="evaluate a model on a question set (deterministic or LLM Check_Answer judge)",
         description="Run the agent on every question (one batched run, eval sampling) and score "
-        "its answers by normalised exact match, F1 and containment. --world DIR searches BM25 over "
+        "its answers by normalised exact match, F1 and containment, or with --judge-model by the paper's "
+        "5-shot Check_Answer LLM judge (mean and std over eval.judge_runs runs). --world DIR searches BM25 over "
         "DIR/corpus.jsonl.gz unless --corpus/--search-url/--closed-book says otherwise; with --world "
         "and no --config, agent.prompt_style defaults to zeroshot (the toy models' prompts).",
     )
@@ -208,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world", help="toy world directory (world.dir; its corpus unless --corpus/--search-url)")
     p.add_argument("--limit", type=int, help="evaluate only the first N questions (eval.limit)")
     p.add_argument("--out", help="output directory (default: runs/eval/<model dir name>-<dataset>/)")
+    p.add_argument("--judge-model", help="score with the Check_Answer LLM judge of this model (eval.judge=llm)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--closed-book", action="store_true", help="answer without the search tool")
     where.add_argument("--corpus", help="BM25 over this JSONL(.gz) passage corpus")
@@ -231,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the ReST loop (rollout, rank, store, finetune, broadcast, distil, eval, report)",
         description="Run growing-batch ReST in RUNS_DIR/NAME: config.yaml, state.json, batch/, trajectories/, "
-        "checkpoints/, evals/, metrics.jsonl, report.json. --resume continues a run after its last finished phase.",
+        "checkpoints/, evals/, metrics.jsonl, report.json, plots/, report.html. --resume continues a run after its last "
+        "finished phase.",
     )
     _add_config_args(p, required=False)
     p.add_argument("--name", help="run name (default: <config name>-<date>-<time>)")
@@ -240,6 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="where run dirs live (default: runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "report",
+        help="write report.json, plots/ and a self-contained report.html into a run dir",
+        description="Read a run dir (finished, running or crashed) and write RUN/report.json, RUN/plots/*.png and "
+        "RUN/report.html: the Table-1-shaped accuracy table beside the paper's, accuracy per generation, ranker "
+        "and step statistics, time per phase and a trajectory browser. The page opens offline.",
+    )
+    p.add_argument("run", help="run dir, e.g. runs/NAME")
+    p.add_argument("compare", nargs="*", help="other run dirs: one ablation row each, beside RUN's")
+    p.add_argument("--max-trajectories", type=int, default=300,
+                   help="rollouts per generation in the trajectory browser (default: 300)")
+    p.add_argument("--markdown", action="store_true", help="also print Table 1 as Markdown (the README's results)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("serve-search", help="serve BM25 over a corpus on the Search-R1 /retrieve API")
     p.add_argument("--corpus", required=True, help="JSONL or JSONL.gz passages {id,title,text}")
