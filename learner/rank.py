@@ -156,7 +156,7 @@ class LearnerRank:
 
         torch.manual_seed(seed)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
         data, skipped = tokenize_all(tokenizer, examples, cfg.max_len)
         if len(data) < self.world_size:
             raise ValueError(

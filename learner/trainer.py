@@ -163,7 +163,7 @@ def _load(model, tokenizer):
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"train: {path} is not a Hugging Face model dir (no config.json)")
         tokenizer = tokenizer if tokenizer is not None else path
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     if tokenizer is None:

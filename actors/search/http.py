@@ -13,9 +13,11 @@ without a leading quoted-title line keeps everything as text (title ""). A doc
 without ``id`` gets id "".
 
 Every request has a timeout; connection errors, timeouts and 5xx answers are
-retried a bounded number of times with exponential backoff; then one ``SearchError``
-line names the URL and the cause. A 4xx or a malformed answer fails at once (it
-would not get better by asking again).
+retried a bounded number of times with exponential backoff (capped at
+``max_backoff_s``, so a restarting server is waited for at a steady pace); then one
+``SearchError`` line names the URL and the cause. A 4xx or a malformed answer fails at
+once (it would not get better by asking again). ``stats`` counts requests, retries
+and give-ups, so a flaky server shows up in numbers.
 """
 
 from __future__ import annotations
@@ -49,18 +51,22 @@ class HttpSearch:
     Holds one ``requests.Session`` (keep-alive), so use one instance per thread.
     """
 
-    def __init__(self, url: str, timeout_s: float = 10, retries: int = 3, backoff_s: float = 0.2):
+    def __init__(
+        self, url: str, timeout_s: float = 10, retries: int = 3, backoff_s: float = 0.2, max_backoff_s: float = 5.0
+    ):
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise SearchError(f"search url must start with http:// or https://, got {url!r}")
-        if timeout_s <= 0 or retries < 1 or backoff_s < 0:
+        if timeout_s <= 0 or retries < 1 or backoff_s < 0 or max_backoff_s < backoff_s:
             raise SearchError(
                 f"bad HttpSearch settings: timeout_s={timeout_s} (> 0), retries={retries} (>= 1), "
-                f"backoff_s={backoff_s} (>= 0)"
+                f"backoff_s={backoff_s} (>= 0), max_backoff_s={max_backoff_s} (>= backoff_s)"
             )
         self.url = url
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
         self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self.stats = {"requests": 0, "retries": 0, "gave_up": 0}
         self._session = requests.Session()
 
     def close(self) -> None:
@@ -81,9 +87,11 @@ class HttpSearch:
     def _post(self, payload: dict[str, Any]) -> bytes:
         """POST with bounded retries; the raw body of the first 2xx answer."""
         cause = "no attempt made"
+        self.stats["requests"] += 1
         for attempt in range(self.retries):
             if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                self.stats["retries"] += 1
+                time.sleep(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
             try:
                 resp = self._session.post(self.url, json=payload, timeout=self.timeout_s)
             except requests.Timeout:
@@ -100,6 +108,7 @@ class HttpSearch:
                     f"search server {self.url} refused the request: HTTP {resp.status_code}{_error_detail(resp)}"
                 )
             return resp.content
+        self.stats["gave_up"] += 1
         raise SearchError(f"search server {self.url} unreachable after {self.retries} tries: {cause}")
 
     def _parse(self, body: bytes, n_queries: int) -> list[list[Passage]]:
