@@ -17,6 +17,7 @@ matches (object store: ``load_weights``; collective: ``join_weight_group`` then
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 
 import ray
@@ -73,6 +74,9 @@ class Sampler:
             self.ranker = make_ranker(cfg.ranker)
         self.runner = RankedRunner(self.engine, search, cfg.agent, self.ranker)
         self.rollouts = 0
+        #: wall and CPU time inside ``rollout`` calls (the runner's time plus turning trajectories into dicts)
+        self.rollout_seconds = 0.0
+        self.rollout_cpu_seconds = 0.0
         self._group: WeightGroup | None = None
 
     def rollout(
@@ -86,11 +90,15 @@ class Sampler:
         missing = [qid for qid in question_ids if qid not in self.questions]
         if missing:
             raise KeyError(f"sampler {self.replica}: unknown question id {missing[0]!r}")
+        start, cpu = time.perf_counter(), time.process_time()
         self.runner.cfg = dataclasses.replace(self.cfg.agent, seed=seed)
         self.runner.policy_version = self.version
         trajs = self.runner.run([self.questions[qid] for qid in question_ids], trajectories_per_question)
+        out = [t.to_dict() for t in trajs]
         self.rollouts += 1
-        return [t.to_dict() for t in trajs]
+        self.rollout_seconds += time.perf_counter() - start
+        self.rollout_cpu_seconds += time.process_time() - cpu
+        return out
 
     # ------------------------------------------------------------ weights
 
@@ -132,9 +140,10 @@ class Sampler:
     # ------------------------------------------------------------ health
 
     def stats(self) -> dict:
-        """The runner's counters plus this sampler's replica, version and rollout count."""
+        """The runner's counters plus this sampler's replica, version, torch threads and time in rollouts."""
         return {"replica": self.replica, "version": self.version, "rollouts": self.rollouts,
-                **self.runner.stats.to_dict()}
+                "torch_threads": torch.get_num_threads(), "rollout_seconds": self.rollout_seconds,
+                "rollout_cpu_seconds": self.rollout_cpu_seconds, **self.runner.stats.to_dict()}
 
     def ping(self) -> int:
         return self.version
@@ -155,8 +164,20 @@ class RankedRunner(EpisodeRunner):
     def _new_episode(self, q: Question, j: int) -> Episode:
         ep = super()._new_episode(q, j)
         if self.ranker is not None:
-            ep.choose = ranker_chooser(self.ranker, ep.traj)
+            ep.choose = self._timed(ranker_chooser(self.ranker, ep.traj))
         return ep
+
+    def _timed(self, choose: Chooser) -> Chooser:
+        """``choose`` adding its time to ``stats.rank_seconds`` (profiling: ranking inside the rollout)."""
+
+        def timed(step: Step, parsed: list[object | None]) -> int | None:
+            t0 = time.perf_counter()
+            try:
+                return choose(step, parsed)
+            finally:
+                self.stats.rank_seconds += time.perf_counter() - t0
+
+        return timed
 
 
 def ranker_chooser(ranker: StepRanker, traj: Trajectory) -> Chooser:

@@ -32,11 +32,15 @@ class RunnerStats:
     """Counters over a runner's lifetime (all ``run`` calls): what profiling builds on."""
 
     waves: int = 0
+    #: wall time inside ``run``: the sum of the four parts below
+    run_seconds: float = 0.0
     engine_calls: int = 0
     engine_seconds: float = 0.0
     search_calls: int = 0
     search_seconds: float = 0.0
-    #: wall time of ``run`` outside engine and search calls (prompts, parsing, bookkeeping)
+    #: time a ranker spent picking the sample each step continues with (``rest.continue_with=ranker``)
+    rank_seconds: float = 0.0
+    #: wall time of ``run`` outside engine, search and ranker calls (prompts, parsing, bookkeeping)
     other_seconds: float = 0.0
     prompts: int = 0
     samples: int = 0
@@ -99,7 +103,7 @@ class EpisodeRunner:
         if trajectories_per_question < 1:
             raise ValueError(f"trajectories_per_question must be >= 1, got {trajectories_per_question}")
         start = time.perf_counter()
-        engine_s0, search_s0 = self.stats.engine_seconds, self.stats.search_seconds
+        spent0 = self._timed_parts()
         queue = deque(
             (slot, q, j)
             for slot, (q, j) in enumerate((q, j) for q in questions for j in range(trajectories_per_question))
@@ -126,9 +130,14 @@ class EpisodeRunner:
                 else:
                     still.append((slot, ep))
             in_flight = still
-        spent = (self.stats.engine_seconds - engine_s0) + (self.stats.search_seconds - search_s0)
-        self.stats.other_seconds += max(0.0, time.perf_counter() - start - spent)
+        elapsed = time.perf_counter() - start
+        self.stats.run_seconds += elapsed
+        self.stats.other_seconds += max(0.0, elapsed - (self._timed_parts() - spent0))
         return [t for t in results if t is not None]
+
+    def _timed_parts(self) -> float:
+        s = self.stats
+        return s.engine_seconds + s.search_seconds + s.rank_seconds
 
     def _new_episode(self, q: Question, j: int) -> Episode:
         traj = Trajectory(

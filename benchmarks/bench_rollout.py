@@ -24,6 +24,7 @@ import torch
 
 from actors.engines.hf import HFEngine
 from agent.runner import EpisodeRunner
+from benchmarks.common import row as summary_row
 from evals.datasets import load_dataset
 from rest.config import load_config
 from rest.resources import build_engine, build_search
@@ -87,8 +88,9 @@ def run(quick: bool = False, config: str = "configs/smoke.yaml", overrides: Sequ
     capped_s = time.perf_counter() - start
 
     stats = runner.stats
-    return {
+    result = {
         "config": config,
+        "overrides": list(overrides),
         "dataset": dataset,
         "episodes": len(trajectories),
         "waves": len(recorder.waves),
@@ -105,6 +107,14 @@ def run(quick: bool = False, config: str = "configs/smoke.yaml", overrides: Sequ
         "share_other": stats.other_seconds / runner_s,
         "end_reasons": dict(stats.episodes_by_end_reason),
     }
+    result["summary"] = [
+        summary_row(f"rollout: episode runner vs plain generate, same wave prompts and lengths ({len(questions)} "
+                    f"episodes, K={agent.k_samples})", result["runner_tok_s"],
+                    result["raw_generate_same_prompts_tok_s"], "tok/s", ">= 0.8"),
+        summary_row("... plain generate decoding to the token cap instead", result["runner_tok_s"],
+                    result["raw_generate_to_cap_tok_s"], "tok/s"),
+    ]
+    return result
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 from actors.search.bm25 import BM25Search
 from actors.search.http import HttpSearch
 from actors.search.server import make_server
+from benchmarks.common import row as summary_row
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "corpus" / "wiki_multihop.jsonl.gz"
@@ -112,12 +113,21 @@ def run(quick: bool = False) -> dict:
     results[f"http_batch{HTTP_BATCH}_qps"] = batch["qps"]
     results["http_single_vs_direct_single"] = single["qps"] / results["single_qps"]
     results[f"http_batch{HTTP_BATCH}_vs_http_single"] = batch["qps"] / single["qps"]
+    where = f"{CORPUS.name.split('.')[0]}, {results['passages']:,} passages"
+    results["summary"] = [
+        summary_row(f"BM25 over {where}: batched vs one by one (p99 {results['single_p99_ms']:.1f} ms)",
+                    results["batched_qps"], results["single_qps"], "q/s"),
+        summary_row(f"BM25 HTTP server from a second process: {HTTP_BATCH} queries per request vs 1",
+                    batch["qps"], single["qps"], "q/s"),
+    ]
     return results
 
 
 def _print_table(results: dict) -> None:
     width = max(map(len, results))
     for key, value in results.items():
+        if key == "summary":
+            continue
         shown = f"{value:,.2f}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown:>12}")
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from agent.trajectory import Question, Trajectory
 from evals.datasets import Dataset, read_dataset
 from evals.qa import check_judge, write_result
-from rest.batch import GrowingBatch, read_jsonl, step_records, write_atomic, write_jsonl
+from rest.batch import GrowingBatch, read_jsonl, step_records, write_jsonl
 from rest.config import Config
 from rest.evaluation import score, trajectory_counters
 from rest.metrics import RunMetrics
@@ -131,10 +131,13 @@ class ReSTLoop:
         version = self.state.version
         ids = [q.id for q in self.train.questions]
         tasks = make_tasks(ids, self.cfg.rest.questions_per_task, lambda i: self._seed(gen, f"rollout-{i}"))
-        before = dict(self.pool.stats)
+        t_phase = time.perf_counter()
+        pool = self.pool  # the samplers start on first use: their start-up is part of this phase
+        startup = time.perf_counter() - t_phase
+        before = dict(pool.stats)
         t0 = time.perf_counter()
         with self._bar(len(ids) * tpq, f"gen {gen} rollout") as bar:
-            trajectories = self.pool.map(tasks, version, tpq, on_result=lambda _t, out: bar.update(len(out)))
+            trajectories = pool.map(tasks, version, tpq, on_result=lambda _t, out: bar.update(len(out)))
         seconds = time.perf_counter() - t0
         per_question = Counter(t["question_id"] for t in trajectories)
         if len({t["id"] for t in trajectories}) != len(trajectories) or set(per_question.values()) != {tpq} \
@@ -147,10 +150,13 @@ class ReSTLoop:
         write_jsonl(self.run.trajectories(gen), trajectories)
         c = trajectory_counters(trajectories)
         self.metrics.rollout(c["episodes"], c["generated_tokens"], c["parse_failures"], seconds)
-        pool = {k: self.pool.stats[k] - before[k] for k in before}
+        delta = {k: pool.stats[k] - before[k] for k in before}
+        breakdown = {"phase_s": round(time.perf_counter() - t_phase, 3), "sampler_startup_s": round(startup, 3),
+                     "map": pool.last_profile.breakdown()}
+        self.metrics.rollout_breakdown(breakdown)
         return {"version": version, "trajectories_per_question": tpq, **c,
                 "tokens_per_s": round(c["generated_tokens"] / max(seconds, 1e-9), 1),
-                "resubmitted": pool["resubmitted"], "replaced": pool["replaced"]}
+                "resubmitted": delta["resubmitted"], "replaced": delta["replaced"], "rollout_breakdown": breakdown}
 
     def rank(self, gen: int) -> dict[str, Any]:
         """The rankers fill ``scores``/``ranker_best`` on every LLM step, in place in the trajectory file."""
@@ -257,27 +263,12 @@ class ReSTLoop:
         return {"accuracy": scores}
 
     def report(self, gen: int) -> dict[str, Any]:
-        """report.json: every finished evaluation (gen 0 = warm start) and every phase's timing."""
-        evals = []
-        for g in range(self.cfg.rest.generations + 1):
-            if not (self.state.is_done(g, "eval") or g == gen):
-                continue
-            for model, path in self.models_at(g).items():
-                for name in self.cfg.rest.eval_datasets:
-                    file = self._score_file(g, model, name)
-                    if file is None:
-                        continue
-                    s = json.loads(file.read_text())
-                    evals.append({"gen": g, "model": model, "dataset": s["dataset"], "accuracy": s["accuracy"],
-                                  "n": s["n"], "ci95": s["ci95"], "f1": s["f1"], "contains": s["contains"],
-                                  "judge": s["judge"], "search": s["search"]["label"], "checkpoint": path,
-                                  "seconds": round(s["seconds"], 3)})
-        generations = {f"gen-{g}": {p: self.state.done.get(f"{g}/{p}", {}) for p in ("rollout", "rank", "store")}
-                       for g in range(1, gen + 1)}
-        report = {"run": self.run.name, "generations_done": gen, "policy_version": self.state.version,
-                  "evals": evals, "timings": self.state.timings(), "generations": generations}
-        write_atomic(self.run.report, json.dumps(report, indent=1) + "\n")
-        return {"evals": len(evals)}
+        """report.json, plots/ and report.html: every finished evaluation (gen 0 = warm start), every
+        phase's timing, ranker and step statistics and the trajectory browser (``evals.report``)."""
+        from evals.report import write_report
+
+        report = write_report(self.run.root)
+        return {"evals": len(report["evals"]), "plots": len(report["plots"])}
 
     # ================================================================ helpers of the phases
 
@@ -409,7 +400,8 @@ class ReSTLoop:
             from learner.broadcast import weights_checksum
             from learner.rank import unique_state
 
-            model = AutoModelForCausalLM.from_pretrained(str(self.run.checkpoint("L", version)), dtype="auto")
+            model = AutoModelForCausalLM.from_pretrained(str(self.run.checkpoint("L", version)), dtype="auto",
+                                                         use_safetensors=True)
             state = unique_state(model)
             self._weights[version] = (ray.put(state), weights_checksum(state))
         return self._weights[version]

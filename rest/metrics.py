@@ -49,6 +49,10 @@ class RunMetrics:
             boundaries=list(LOSS_BUCKETS), tag_keys=("run", "model"))
         self.phase_seconds = ray_metrics.Gauge(
             "rest_react_phase_seconds", "Wall time of the last run of each phase.", tag_keys=("run", "phase"))
+        self.rollout_share = ray_metrics.Gauge(
+            "rest_react_rollout_share",
+            "Share of the samplers' time in the last rollout per part (engine, search, rank, idle_tail...).",
+            tag_keys=("run", "part"))
         self._tags = {"run": run}
 
     # ---------------------------------------------------------------- Ray metrics
@@ -61,6 +65,11 @@ class RunMetrics:
         if parse_failures:
             self.parse_failures.inc(parse_failures, tags=self._tags)
         self.tokens_per_s.set(tokens / seconds if seconds > 0 else 0.0, tags=self._tags)
+
+    def rollout_breakdown(self, breakdown: dict[str, Any]) -> None:
+        """Export where the last rollout's sampler time went (``SamplerPool``'s profile shares)."""
+        for part, share in breakdown.get("map", {}).get("shares", {}).items():
+            self.rollout_share.set(share, tags={**self._tags, "part": part})
 
     def agreement(self, fraction: float) -> None:
         self.ranker_agreement.set(fraction, tags=self._tags)
@@ -77,6 +86,16 @@ class RunMetrics:
         line = {"time": round(time.time(), 3), "run": self.run, "gen": gen, "phase": phase,
                 "seconds": round(seconds, 3), **counters}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+        data = memoryview((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+            except OSError:  # disk full: cut the half-written line off again, so the file stays valid JSONL
+                os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
         return line
