@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from agent.trajectory import Sample
 from evals import report_stats as rs
 from evals.datasets import DatasetError, read_dataset
 from evals.metrics import exact_match
@@ -76,29 +76,14 @@ def open_run_dir(root: str | Path) -> tuple[RunDir, Config, RunState]:
         raise ReportError(str(e)) from None
 
 
-def models_at(cfg: Config, run: RunDir, gen: int) -> dict[str, str]:
-    """Model name -> checkpoint of generation ``gen`` (0: the starting checkpoints), as the driver names them."""
-    names = {"L": cfg.models.policy, **cfg.models.students}
-    return names if gen == 0 else {name: str(run.checkpoint(name, gen)) for name in names}
-
-
-def _score_file(run: RunDir, gen: int, model: str, dataset: str) -> Path | None:
-    folder = run.root / "evals" / f"gen-{gen}" / model
-    stem = Path(dataset).name.removesuffix(".gz").removesuffix(".jsonl")
-    for name in (dataset, stem):
-        if "/" not in name and (folder / name / "score.json").is_file():
-            return folder / name / "score.json"
-    return None
-
-
 def base_report(run: RunDir, cfg: Config, state: RunState) -> dict[str, Any]:
     """The keys the driver has always written: every finished evaluation and every phase's timing."""
     evals = []
     gens = [g for g in range(cfg.rest.generations + 1) if state.is_done(g, "eval")]
     for g in gens:
-        for model, path in models_at(cfg, run, g).items():
+        for model, path in run.models_at(cfg, g).items():
             for name in cfg.rest.eval_datasets:
-                file = _score_file(run, g, model, name)
+                file = run.score_file(g, model, name)
                 if file is None:
                     continue
                 s = json.loads(file.read_text())
@@ -168,7 +153,7 @@ def browser_step(step: dict[str, Any]) -> dict[str, Any]:
     """One step as the trajectory browser shows it (prompts left out: they are long and repetitive)."""
     scores = step.get("scores") or [None] * len(step.get("samples", []))
     ok = step.get("parse_ok") or [False] * len(step.get("samples", []))
-    samples = [{"text": _cut(x["text"]), "ppl": round(math.exp(min(rs.mean_nll(x), 700.0)), 3),
+    samples = [{"text": _cut(x["text"]), "ppl": round(Sample(**x).perplexity, 3),
                 "tokens": x["n_tokens"], "parsed": bool(p), "score": sc}
                for x, p, sc in zip(step.get("samples", []), ok, scores, strict=False)]
     return {"kind": step["kind"], "query": step.get("query"), "output": _cut(step.get("output")),

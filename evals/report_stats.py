@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.trajectory import LLM_STEP_KINDS
+from agent.episode import lowest_nll_parseable
+from agent.trajectory import LLM_STEP_KINDS, Step
 from rest.state import PHASES
 
 #: the paper's published Bamboogle auto-eval accuracies (DESIGN section 1); None = not quoted there
@@ -81,14 +82,10 @@ def llm_steps(trajectories: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [s for t in trajectories for s in t["steps"] if s["kind"] in LLM_STEP_KINDS and s.get("samples")]
 
 
-def mean_nll(sample: dict[str, Any]) -> float:
-    return -sample["sum_logprob"] / max(sample["n_tokens"], 1)
-
-
 def lowest_perplexity(step: dict[str, Any]) -> int | None:
-    """The parseable sample with the lowest mean NLL per token (the rollout's default choice)."""
-    ok = [i for i, good in enumerate(step.get("parse_ok", [])) if good]
-    return min(ok, key=lambda i: (mean_nll(step["samples"][i]), i)) if ok else None
+    """The parseable sample the rollout keeps by default (``agent.episode.lowest_nll_parseable``)."""
+    parsed = [True if ok else None for ok in step.get("parse_ok", [])]
+    return lowest_nll_parseable(Step.from_dict(step), parsed)
 
 
 def _agreement(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -274,20 +274,7 @@ class ReSTLoop:
 
     def models_at(self, gen: int) -> dict[str, str]:
         """Model name -> checkpoint of generation ``gen`` (0: the starting checkpoints)."""
-        names = {"L": self.cfg.models.policy, **self.cfg.models.students}
-        if gen == 0:
-            return names
-        return {name: str(self.run.checkpoint(name, gen)) for name in names}
-
-    def _score_file(self, gen: int, model: str, dataset: str) -> Path | None:
-        folder = self.run.root / "evals" / f"gen-{gen}" / model
-        if not folder.is_dir():
-            return None
-        for d in folder.iterdir():
-            f = d / "score.json"
-            if f.is_file() and d.name in (dataset, Path(dataset).name.removesuffix(".gz").removesuffix(".jsonl")):
-                return f
-        return None
+        return self.run.models_at(self.cfg, gen)
 
     def _eval_concurrency(self, models: int) -> int:
         """How many models to evaluate at once: as many whole eval pools as the free resources hold.

@@ -72,6 +72,19 @@ class RunDir:
     def eval_dir(self, gen: int, model: str, dataset: str) -> Path:
         return self.root / "evals" / f"gen-{gen}" / model / dataset
 
+    def score_file(self, gen: int, model: str, dataset: str) -> Path | None:
+        """The ``score.json`` of ``dataset`` (a name, or a file named by its stem), or None when absent."""
+        stem = Path(dataset).name.removesuffix(".gz").removesuffix(".jsonl")
+        for name in (dataset, stem):
+            if "/" not in name and (self.eval_dir(gen, model, name) / "score.json").is_file():
+                return self.eval_dir(gen, model, name) / "score.json"
+        return None
+
+    def models_at(self, cfg: Config, gen: int) -> dict[str, str]:
+        """Model name -> checkpoint of generation ``gen`` (0: the starting checkpoints of ``cfg``)."""
+        names = {"L": cfg.models.policy, **cfg.models.students}
+        return names if gen == 0 else {name: str(self.checkpoint(name, gen)) for name in names}
+
 
 def resolve_config(cfg: Config) -> Config:
     """``cfg`` with every path a run needs filled in (building the toy world on first use).
