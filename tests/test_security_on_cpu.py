@@ -111,20 +111,23 @@ def _normalise(name: str) -> str:
     return name.replace("numpy.", "np.", 1) if name.startswith("numpy.") else name
 
 
-def scan_code(text: str, where: str) -> list[Finding]:
-    """Code that could run or unpickle data (see the module doc), found in ``text``'s AST."""
+def _calls(text: str, where: str) -> tuple[ast.Module, dict[str, str], list[tuple[ast.Call, str, int]]]:
+    """``text``'s AST, its import aliases, and every call with its dotted name ("" if none) and line."""
     tree = ast.parse(text, filename=where)
     names = _imports(tree)
+    calls = [(n, _dotted(n.func, names) or "", n.lineno) for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    return tree, names, calls
+
+
+def scan_code(text: str, where: str) -> list[Finding]:
+    """Code that could run or unpickle data (see the module doc), found in ``text``'s AST."""
+    tree, names, calls = _calls(text, where)
     safe_loaders = set(SAFE_YAML_LOADERS)
     for node in tree.body:  # a module's own SafeLoader subclasses are safe loaders too
         if isinstance(node, ast.ClassDef) and any(_dotted(b, names) in safe_loaders for b in node.bases):
             safe_loaders.add(node.name)
     found = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        name = _dotted(node.func, names) or ""
-        line = node.lineno
+    for node, name, line in calls:
         if name in BANNED:
             found.append(Finding(where, line, f"call of {name}"))
         if name in ("yaml.load", "yaml.load_all"):
@@ -145,14 +148,9 @@ def scan_code(text: str, where: str) -> list[Finding]:
 
 def scan_product_code(text: str, where: str) -> list[Finding]:
     """Safetensors-only loading and bounded waits (product code only; see the module doc)."""
-    tree = ast.parse(text, filename=where)
-    names = _imports(tree)
+    _, names, calls = _calls(text, where)
     found = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        name = _dotted(node.func, names) or ""
-        line = node.lineno
+    for node, name, line in calls:
         if isinstance(node.func, ast.Attribute) and node.func.attr == "from_pretrained":
             owner = name.rsplit(".", 2)[-2] if name.count(".") else ""
             loads_weights = not any(w in owner for w in ("Tokenizer", "Config", "Processor"))

@@ -21,36 +21,18 @@ import pytest
 import ray
 
 from rest.batch import GrowingBatch, read_jsonl
-from rest.cluster import ACTOR_ENV
 from rest.config import load_config
 from rest.loop import ReSTLoop
 from rest.run_dir import open_run
 from rest.state import PHASES, RunState
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rest_fixtures import ROOT, SMOKE, env, smoke_overrides, smoke_policy  # noqa: E402
+from rest_fixtures import ROOT, SMOKE, env, smoke_overrides  # noqa: E402
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # token auth breaks local clusters (ENVIRONMENT.md)
 
 MODELS = ("L", "S", "XS")
-
-
-@pytest.fixture(scope="module")
-def policy() -> Path:
-    return smoke_policy()
-
-
-@pytest.fixture(scope="module")
-def cluster(policy):
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": ACTOR_ENV}, logging_level="WARNING")
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("runs")
 
 
 def _run_in_process(runs: Path, name: str, policy: Path, on_loop=None, **sets):
