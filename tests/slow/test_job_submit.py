@@ -64,7 +64,7 @@ def head():
     proc = subprocess.Popen(cmd, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{ports['dashboard']}"
     try:
-        _wait_for(lambda: _get(f"{url}/api/version"), 120, "the head's dashboard")
+        _wait_for(lambda: _get(f"{url}/api/version"), 240, "the head's dashboard")
         yield {"url": url, "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics", "temp_dir": temp_dir}
     finally:
         _stop(proc, temp_dir)
