@@ -19,6 +19,7 @@ the gen-(k-1) policy (version k-1), so each generation still improves on the las
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -67,7 +68,7 @@ class ReSTLoop:
             self.train.questions = self.train.questions[: cfg.rest.max_train_questions]
         self._fitted_policy: int | None = None  # generation whose L weights the learner holds
         self._weights: dict[int, tuple[ray.ObjectRef, str]] = {}
-        self._actors = 0
+        self._actors = itertools.count(1)
 
     # ================================================================ the algorithm
 
@@ -402,8 +403,8 @@ class ReSTLoop:
             raise RunError(f"{what}: {_one_line(e)}") from None
 
     def _name(self, what: str) -> str:
-        self._actors += 1
-        return f"{self.run.name}.{what}.{self._actors}"
+        # samplers start in parallel threads: itertools.count hands out numbers atomically
+        return f"{self.run.name}.{what}.{next(self._actors)}"
 
     def close(self) -> None:
         """Stop every actor this loop started (safe to call twice)."""

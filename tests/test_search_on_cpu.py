@@ -445,3 +445,11 @@ def test_serve_search_main_runs_until_ctrl_c(tmp_path):
 def test_serve_search_main_reports_a_bad_corpus(tmp_path, capsys):
     assert serve_search_main(str(tmp_path / "missing.jsonl"), "127.0.0.1", 0, str(tmp_path)) == 2
     assert "corpus file not found" in capsys.readouterr().err
+
+
+def test_the_cli_does_not_import_bm25s_until_a_bm25_backend_is_made():
+    """vLLM's CPU workers re-import the CLI; bm25s drags numba/llvmlite in, which broke them."""
+    code = ("import sys, rest.cli, actors.search as s; assert 'bm25s' not in sys.modules, 'eager'; "
+            "s.BM25Search; assert 'bm25s' in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

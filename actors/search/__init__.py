@@ -3,8 +3,9 @@ Search-R1-compatible HTTP retriever; plus a server that exposes any backend over
 
 from __future__ import annotations
 
+from typing import Any
+
 from actors.search.base import Passage, SearchBackend, SearchError
-from actors.search.bm25 import BM25Search
 from actors.search.http import HttpSearch
 from actors.search.server import make_server, serve_search_main
 from rest.config import SearchConfig
@@ -21,9 +22,21 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    """``BM25Search`` is imported on first use: bm25s pulls in numba/llvmlite, which every CLI import
+    (and every vLLM worker that re-imports the CLI) would otherwise pay for."""
+    if name == "BM25Search":
+        from actors.search.bm25 import BM25Search
+
+        return BM25Search
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def make_search(cfg: SearchConfig) -> SearchBackend:
     """The backend ``cfg.backend`` names: ``bm25`` over ``cfg.corpus``, or ``http`` at ``cfg.url``."""
     if cfg.backend == "bm25":
+        from actors.search.bm25 import BM25Search
+
         if not cfg.corpus:
             raise SearchError("search.corpus is empty: the bm25 backend needs a passage corpus file")
         return BM25Search(cfg.corpus, cfg.cache_dir)
