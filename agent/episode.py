@@ -11,6 +11,11 @@ Every LLM step keeps its K samples; the episode continues with the one picked by
 ``Chooser`` (default: the lowest mean negative log-likelihood per token among the
 samples that parse). When no sample parses the episode ends with
 ``unparseable:<kind>``; it never raises because of model output.
+
+Closed book (no search tool), nothing was shown, so nothing can be cited: the answer
+and self-check steps drop well-formed ``[link_id=N]`` marks before parsing instead of
+failing on them. A model trained to always cite still gets its answer read, which is
+what makes the closed-book control measure knowledge rather than citation format.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from agent.parsers import (
     parse_check,
     parse_decision,
     parse_summary,
+    strip_citations,
 )
 from agent.trajectory import Sample, Snippet, Step, Trajectory
 from rest.config import AgentConfig
@@ -70,6 +76,7 @@ class Episode:
     ):
         self.traj = trajectory
         self.cfg = cfg
+        self.closed_book = closed_book
         self.choose = choose
         self.notes: list[prompts.Note] = []
         #: link ids of every snippet shown so far (valid citations for the answer)
@@ -161,6 +168,8 @@ class Episode:
         self._advance(step, parsed[chosen])
 
     def _parse(self, text: str) -> object:
+        if self.closed_book and self.kind in ("answer", "relevance", "grounding"):
+            text = strip_citations(text)
         if self.kind == "decision":
             return parse_decision(text)
         if self.kind == "summarize":

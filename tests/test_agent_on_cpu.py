@@ -276,6 +276,18 @@ def test_closed_book_starts_at_the_answer():
     assert traj.end_reason == "answered" and traj.answer == "Mara Quill"
 
 
+def test_closed_book_reads_an_answer_that_cites_anyway(bm25):
+    # a model trained to always cite: closed book its citations are dropped, not fatal;
+    # with search the same unshown citation still makes the step unparseable
+    cite = {"answer": lambda live: [('"Mara Quill [link_id=3]"', 0.1)],
+            "relevance": lambda live: [('Revise("Ida Quill [link_id=2]")', 0.1)]}
+    traj = run_one(ScriptedEngine(cite), None)
+    assert traj.end_reason == "answered" and traj.answer == "Ida Quill"
+    assert [s.samples[0].text.strip() for s in traj.steps[:2]] == ['"Mara Quill [link_id=3]"', 'Revise("Ida Quill [link_id=2]")']
+    searched = run_one(ScriptedEngine({**cite, "decision": lambda live: [("Terminate()", 0.1)]}), bm25)
+    assert searched.end_reason == "unparseable:answer"
+
+
 @pytest.mark.parametrize("failing", ["relevance", "grounding", "both"])
 def test_failed_self_check_revises_the_answer(bm25, failing):
     def revise(new: str) -> Responder:
@@ -336,10 +348,11 @@ def test_no_parseable_sample_ends_the_episode(bm25, kind):
 
 
 def test_citation_to_a_link_never_shown_is_unparseable(bm25):
-    # closed book: nothing shown, so any citation is invalid; the uncited sample is taken
-    closed = run_one(ScriptedEngine({"answer": lambda live: [('"Mara Quill [link_id=1]"', 0.01),
-                                                             ('"Mara Quill"', 0.5)]}), None)
-    answer = closed.steps[0]
+    # answering before any search: nothing shown, so any citation is invalid; the uncited sample is taken
+    closed = run_one(ScriptedEngine({"decision": lambda live: [("Terminate()", 0.1)],
+                                     "answer": lambda live: [('"Mara Quill [link_id=1]"', 0.01),
+                                                             ('"Mara Quill"', 0.5)]}), bm25)
+    answer = closed.steps[1]
     assert answer.parse_ok == [False, True, False, True] and answer.chosen == 1
     # after one search (links 1-3), link 4 was never shown: the summary citing it is unparseable
     summary_4 = run_one(ScriptedEngine({"summarize": lambda live: [('"fact [link_id=4]"', 0.1)]}), bm25)
