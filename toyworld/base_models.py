@@ -7,6 +7,11 @@ with one torch thread (a small CPU would otherwise be oversubscribed); the paren
 shows one progress bar per size, fed by the trainer's own loss log lines through a
 queue. Each process saves ``<models_dir>/<size>-base`` (safetensors, atomically) and
 reports the first and last losses and how far the weights moved from their init.
+
+The largest model is the build's critical path (L takes about twice as long as S), so
+the smaller sizes run at a lower scheduling priority (``SMALL_NICENESS``): on a
+2-core machine L keeps a whole core and XS and S share the other, instead of three
+equal processes stretching L's run by half.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from learner.trainer import TrainConfig
 
 #: seconds without any message from a training process before the parent checks it is alive
 _POLL_S = 1.0
+#: added niceness of every training process but the last (largest) one, see the module doc
+SMALL_NICENESS = 10
 
 
 class _LossForwarder(logging.Handler):
@@ -54,9 +61,11 @@ def _weight_change(before: dict, after: dict) -> float:
 
 
 def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, out_dir: str,
-               init_seed: int, q) -> None:
+               init_seed: int, q, niceness: int = 0) -> None:
     """Child process: init a ``size`` Llama, train it on ``examples``, save it, report to ``q``."""
     try:
+        if niceness and hasattr(os, "nice"):
+            os.nice(niceness)
         import torch
         import transformers
 
@@ -109,6 +118,7 @@ def train_bases(
     """Train one base per entry of ``configs`` (size name -> TrainConfig), all in parallel.
 
     Writes ``<models_dir>/<size>-base`` for each size; returns size -> training summary.
+    The last entry of ``configs`` is taken as the largest and keeps normal priority.
     A failing process is a RuntimeError naming its size (the others are stopped).
     """
     if not configs:
@@ -117,10 +127,12 @@ def train_bases(
     q = ctx.Queue()
     models = Path(models_dir)
     models.mkdir(parents=True, exist_ok=True)
+    last = list(configs)[-1]
     procs = {
         size: ctx.Process(
             target=_train_one,
-            args=(size, str(tokenizer_dir), list(examples), cfg, str(models / f"{size}-base"), init_seed, q),
+            args=(size, str(tokenizer_dir), list(examples), cfg, str(models / f"{size}-base"), init_seed, q,
+                  0 if size == last else SMALL_NICENESS),
             name=f"train-{size}",
         )
         for size, cfg in configs.items()
