@@ -14,7 +14,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from actors.engines import Engine, EngineError, make_engine
 from actors.engines.hf import HFEngine
 from rest.config import EngineConfig
-from toyworld.modelzoo import MODEL_SIZES, count_params, ensure_random_model, init_model, train_tokenizer
+from toyworld.modelzoo import (
+    MODEL_SIZES,
+    body_params,
+    count_params,
+    ensure_random_model,
+    init_model,
+    train_tokenizer,
+)
 
 torch.set_num_threads(1)
 
@@ -116,6 +123,13 @@ def test_random_llama_is_a_complete_deterministic_hf_dir(tok_dir, tmp_path):
     assert not torch.equal(sa["model.embed_tokens.weight"], sc["model.embed_tokens.weight"])
     with pytest.raises(ValueError, match="unknown model size"):
         init_model("XXL", tok_dir, tmp_path / "d")
+
+
+@pytest.mark.parametrize("size", ["XS", "L", {**MODEL_SIZES["L"], "num_key_value_heads": 2}])
+def test_body_params_is_the_weights_outside_embeddings_and_norms(tok_dir, tmp_path, size):
+    model = AutoModelForCausalLM.from_pretrained(str(init_model(size, tok_dir, tmp_path / "m")))
+    body = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n)
+    assert body_params(size) == body > 0
 
 
 def test_ensure_random_model_builds_once(tmp_path):

@@ -34,7 +34,7 @@ from learner.trainer import TrainConfig
 
 #: seconds without any message from a training process before the parent checks it is alive
 _POLL_S = 1.0
-#: added niceness of every training process but the last (largest) one, see the module doc
+#: added niceness of every training process but the largest model's, see the module doc
 SMALL_NICENESS = 10
 
 
@@ -118,7 +118,7 @@ def train_bases(
     """Train one base per entry of ``configs`` (size name -> TrainConfig), all in parallel.
 
     Writes ``<models_dir>/<size>-base`` for each size; returns size -> training summary.
-    The last entry of ``configs`` is taken as the largest and keeps normal priority.
+    The largest size (``modelzoo.body_params``) keeps normal priority, the others are niced.
     A failing process is a RuntimeError naming its size (the others are stopped).
     """
     if not configs:
@@ -127,12 +127,14 @@ def train_bases(
     q = ctx.Queue()
     models = Path(models_dir)
     models.mkdir(parents=True, exist_ok=True)
-    last = list(configs)[-1]
+    from toyworld.modelzoo import body_params
+
+    largest = max(configs, key=body_params)
     procs = {
         size: ctx.Process(
             target=_train_one,
             args=(size, str(tokenizer_dir), list(examples), cfg, str(models / f"{size}-base"), init_seed, q,
-                  0 if size == last else SMALL_NICENESS),
+                  0 if size == largest else SMALL_NICENESS),
             name=f"train-{size}",
         )
         for size, cfg in configs.items()

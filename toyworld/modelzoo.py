@@ -109,6 +109,18 @@ def _size_fields(size: str | dict) -> dict:
     return dict(MODEL_SIZES[size])
 
 
+def body_params(size: str | dict) -> int:
+    """Weights outside the embeddings (attention + MLP per layer), read off the config alone.
+
+    What a training step's compute scales with at these sizes; used to rank sizes
+    without building them.
+    """
+    f = _size_fields(size)
+    h, ffn = f["hidden_size"], f["intermediate_size"]
+    kv = h * f.get("num_key_value_heads", f["num_attention_heads"]) // f["num_attention_heads"]
+    return f["num_hidden_layers"] * (2 * h * h + 2 * h * kv + 3 * h * ffn)
+
+
 def init_model(
     size: str | dict, tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0
 ) -> Path:
