@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -147,10 +148,23 @@ def test_ranker_actors_rank_every_llm_step(cluster, world, rollout):
     print(f"critic agrees with the oracle on {agree}/{differ} steps whose samples differ ({n_llm} LLM steps)")
 
 
-def test_remote_search_times_out_instead_of_hanging(cluster, rollout):
-    search = rollout[2]
+@ray.remote(num_cpus=0)
+class _HungSearch:
+    """A search actor that stops answering (a wedged server): it holds each call for a minute."""
+
+    def search(self, queries, topk):
+        time.sleep(60)
+
+
+def test_remote_search_times_out_instead_of_hanging(cluster):
+    # a real actor that does not answer, rather than a 1 us timeout against a fast one:
+    # under load a small search can come back first, and that test then failed at random
+    hung = _HungSearch.remote()
+    start = time.monotonic()
     with pytest.raises(SearchError, match="did not answer within"):
-        RemoteSearch(search, timeout_s=1e-6).search(["anything"], 3)
+        RemoteSearch(hung, timeout_s=1.0).search(["anything"], 3)
+    assert time.monotonic() - start < 30
+    ray.kill(hung)
 
 
 def test_a_search_actor_killed_mid_rollout_fails_episodes_not_the_sampler(cluster, world):
