@@ -91,6 +91,8 @@ class TrainConfig:
     """Longest training sequence in tokens (longer prompts lose their start)."""
     log_every: int = 10
     """Log the loss (and refresh the progress bar) every this many steps."""
+    stop_below: float = 0.0
+    """Stop before max_steps once a logged mean loss is below this (0 = never): a drill ends once learned."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """bf16: bf16 autocast (weights stay fp32); auto: bf16 where the CPU has native bf16."""
     num_threads: int = 1
@@ -109,6 +111,7 @@ class TrainConfig:
             "grad_clip": self.grad_clip >= 0,
             "max_len": self.max_len >= 2,
             "log_every": self.log_every >= 1,
+            "stop_below": self.stop_below >= 0,
             "precision": self.precision in ("auto", "fp32", "bf16"),
             "num_threads": self.num_threads >= 1,
         }
@@ -300,6 +303,8 @@ def train(
                 mean = sum(recent) / len(recent)
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.1e}")
                 log.info("step %d/%d loss %.4f lr %.2e", step + 1, total, mean, lr)
+                if mean < cfg.stop_below:
+                    break
         seconds = time.perf_counter() - start
         bar.close()
     finally:
@@ -309,7 +314,7 @@ def train(
             model.set_attn_implementation(attn)
     result = TrainResult(
         losses=losses,
-        steps=total,
+        steps=len(losses),
         tokens=tokens,
         seconds=seconds,
         tokens_per_s=tokens / max(seconds, 1e-9),
@@ -321,7 +326,7 @@ def train(
     if out_dir is not None:
         meta = {
             "config": asdict(cfg),
-            "steps": total,
+            "steps": len(losses),
             "tokens": tokens,
             "skipped": skipped,
             "final_loss": sum(losses[-cfg.log_every :]) / len(losses[-cfg.log_every :]),

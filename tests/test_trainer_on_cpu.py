@@ -141,6 +141,17 @@ def test_training_memorises_ten_steps_and_saves_a_loadable_dir(zoo, tmp_path):
     assert reloaded.config._attn_implementation == model.config._attn_implementation
 
 
+def test_stop_below_ends_a_run_once_its_logged_loss_is_learned(zoo, tmp_path):
+    tok, _ = zoo
+    examples = step_examples(10, 5)
+    cfg = TrainConfig(lr=3e-3, max_steps=400, batch_size=10, warmup_steps=10, precision="fp32", log_every=25,
+                      stop_below=0.5)
+    result = train(fresh(zoo), tok, examples, cfg, out_dir=tmp_path / "ckpt", progress=False)
+    assert result.steps == len(result.losses) < 400 and result.steps % 25 == 0
+    assert sum(result.losses[-25:]) / 25 < 0.5 <= sum(result.losses[-50:-25]) / 25  # stopped at the first window
+    assert json.loads((tmp_path / "ckpt" / "training.json").read_text())["steps"] == result.steps
+
+
 def test_same_seed_same_run_and_dirs_train_into_out_dir(zoo, tmp_path):
     tok, model_dir = zoo
     examples = [*step_examples(12, 9), "Ada Bela taught Cyro Dara. " * 20]
@@ -183,7 +194,7 @@ def test_lr_schedules():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("lr", 0.0), ("batch_size", 0), ("precision", "fp8"), ("batch_tokens", 10), ("max_len", 1)],
+    [("lr", 0.0), ("batch_size", 0), ("precision", "fp8"), ("batch_tokens", 10), ("max_len", 1), ("stop_below", -1.0)],
 )
 def test_bad_config_is_one_line_error(field, value):
     with pytest.raises(ValueError, match=f"TrainConfig: bad {field}="):
