@@ -56,8 +56,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     The deterministic judge by default; ``--judge-model DIR`` (or ``eval.judge=llm``) adds
     the paper's Check_Answer LLM judge, built once the policy's engine is closed.
-    ``--world DIR`` without ``--config`` defaults ``agent.prompt_style`` to zeroshot
-    (the toy world's tiny models are trained on the compact prompts); ``--set`` still wins.
+    ``--world DIR`` without ``--config`` runs the agent with the step settings the
+    world's bases learned (prompt style, snippets per search, search budget: its
+    world.json); ``--set`` still wins.
     """
     import dataclasses
     from pathlib import Path
@@ -67,7 +68,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from evals.qa import check_judge, end_reasons_line, evaluate, summary_line, write_result
     from rest.resources import build_engine, build_search
 
-    defaults = ["agent.prompt_style=zeroshot"] if args.world and not args.config else []
+    defaults = []
+    if args.world and not args.config:
+        from toyworld.world import agent_overrides
+
+        defaults = agent_overrides(args.world)
     judge_sets = ["eval.judge=llm", f"eval.judge_model={args.judge_model}"] if args.judge_model else []
     cfg = load_config(args.config, defaults + args.overrides + judge_sets)
     if args.limit is not None:
@@ -227,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         "its answers by normalised exact match, F1 and containment, or with --judge-model by the paper's "
         "5-shot Check_Answer LLM judge (mean and std over eval.judge_runs runs). --world DIR searches BM25 over "
         "DIR/corpus.jsonl.gz unless --corpus/--search-url/--closed-book says otherwise; with --world "
-        "and no --config, agent.prompt_style defaults to zeroshot (the toy models' prompts).",
+        "and no --config, the agent runs with the world's step settings (world.json: zeroshot prompts, its "
+        "snippets per search and search budget).",
     )
     _add_config_args(p, required=False)
     p.add_argument("--model", required=True, help="model directory (overrides engine.model)")

@@ -92,6 +92,18 @@ def test_cli_world_reuses_the_build(world):
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
 
 
+def test_cli_eval_of_a_world_runs_the_agent_as_its_bases_learned(world, tmp_path):
+    out, record = world
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "rest", "eval", "--world", str(out), "--model",
+                           str(out / "models" / "L-warm"), "--dataset", "toy-test", "--limit", "3",
+                           "--out", str(tmp_path / "ev")], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    agent = json.loads((tmp_path / "ev" / "score.json").read_text())["agent"]
+    for key in ("prompt_style", "topk", "search_budget", "max_new_tokens"):
+        assert agent[key] == record["agent"][key], key
+
+
 def test_refuses_to_overwrite_a_directory_that_is_not_a_world(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not a built toy world"):
