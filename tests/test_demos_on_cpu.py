@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,13 @@ from agent.trajectory import Question, Sample
 from rest.config import load_config
 from toyworld.build import aux_seed, build_world_data, load_questions
 from toyworld.demos import FIX, NOISE_KINDS, WorldFacts, demonstrate
+from toyworld.drill import MAX_WORDS, MIN_WORDS, copy_drill
 from toyworld.graph import WorldSize, make_world
+from toyworld.modelzoo import train_tokenizer
+from toyworld.rename import POOLS as RENAME_POOLS
+from toyworld.rename import renamed
 from toyworld.render import render_world
-from toyworld.world import TOY_AGENT, with_world_paths
+from toyworld.world import AGENT_STEP_KEYS, TOY_AGENT, agent_overrides, with_world_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 7
@@ -162,3 +167,69 @@ def test_world_paths_fill_from_a_built_world(tmp_path):
                                         [f"world.dir={world}", "world.seed=3", "world.size=tiny",
                                          "engine.model=elsewhere"]))
     assert kept.engine.model == "elsewhere"
+
+
+def test_eval_of_a_world_uses_the_step_settings_its_bases_learned(tmp_path):
+    assert agent_overrides(tmp_path) == [f"agent.{k}={getattr(TOY_AGENT, k)}" for k in AGENT_STEP_KEYS]
+    (tmp_path / "world.json").write_text(json.dumps({"agent": {"topk": 5, "search_budget": 3}}))
+    got = dict(o.split("=", 1) for o in agent_overrides(tmp_path))
+    assert got == {"agent.prompt_style": "zeroshot", "agent.search_budget": "3", "agent.topk": "5",
+                   "agent.max_new_tokens": str(TOY_AGENT.max_new_tokens)}
+    cfg = load_config(None, list(agent_overrides(tmp_path)))  # every override is a valid config key and value
+    assert (cfg.agent.topk, cfg.agent.search_budget, cfg.agent.prompt_style) == (5, 3, "zeroshot")
+
+
+# ------------------------------------------------------------ the bases' data: renaming and the copy drill
+
+
+def test_renaming_keeps_each_example_consistent_and_each_name_in_its_pool(aux):
+    records, facts, search = aux
+    demos = demonstrate(records[:20], facts, search, TOY_AGENT, noise=0.0, fix_rate=0.0, seed=0)
+    steps = [ex for d in demos.demos for ex in d.examples()]
+    out = list(renamed(steps, seed=3))
+    assert out == list(renamed(steps, seed=3)) and out != list(renamed(steps, seed=4))
+    pool_of = {w: i for i, p in enumerate(RENAME_POOLS) for w in p}
+    changed = 0
+    for before, after in zip(steps, out, strict=True):
+        a = re.findall(r"\w+", before.prompt + before.completion)
+        b = re.findall(r"\w+", after.prompt + after.completion)
+        assert len(a) == len(b)
+        shifts = set()
+        for x, y in zip(a, b, strict=True):
+            if x in pool_of:
+                assert pool_of[y] == pool_of[x], (x, y)  # a city stays a city, a surname a surname
+                changed += x != y
+            elif x.isdigit() and len(x) == 4:
+                shifts.add(int(y) - int(x))
+            else:
+                assert x == y  # the templates and the step grammar are untouched
+        assert len(shifts) <= 1  # one shift per example keeps "founded earlier" true
+        kind = after.prompt.split("(", 1)[0]
+        if kind == "def summarize" and after.completion.strip() != "None":
+            body = re.sub(r"\s*\[link_id=\d+\]", "", after.completion.strip().strip('"'))
+            for sentence in re.split(r"(?<=\.) ", body):
+                assert sentence in after.prompt  # the note still copies the renamed snippet
+            shown = [int(i) for i in re.findall(r"Snippet\(link_id=(\d+)", after.prompt)]
+            assert parse_summary(after.completion.strip(), shown).text
+    assert changed > len(steps)
+
+
+def test_renaming_gives_every_text_its_own_names():
+    texts = ["Anna Berg was born in 1950 in Wells."] * 50
+    out = list(renamed(texts, seed=0))
+    assert len(set(out)) > 40 and all(t.endswith(".") and " was born in " in t for t in out)
+    assert list(renamed(["No names here."], seed=0)) == ["No names here."]
+
+
+def test_copy_drill_is_deterministic_and_copies_whole_word_tokens(tmp_path):
+    tok = train_tokenizer(["Alpha Bravo Charlie Delta Echo Foxtrot Golf Hotel India Juliet Kilo Lima"] * 20,
+                          tmp_path / "tok", vocab_size=420)
+    drill = copy_drill(tok, 30, seed=1)
+    assert drill == copy_drill(tok, 30, seed=1) and drill != copy_drill(tok, 30, seed=2)
+    for ex in drill:
+        seq = re.fullmatch(r'COPY = "(.*)"\nAGAIN =', ex.prompt).group(1)
+        assert ex.completion == f' "{seq}"\n' and MIN_WORDS <= len(seq.split()) <= MAX_WORDS
+        assert all(len(tok.encode(" " + w)) == 1 for w in seq.split())
+    small = train_tokenizer(["ab cd"] * 5, tmp_path / "small", vocab_size=270)
+    with pytest.raises(ValueError, match="whole-word tokens"):
+        copy_drill(small, 1, seed=0)

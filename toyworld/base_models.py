@@ -1,9 +1,10 @@
 """Train the base models (the toy world's analog of pretrained XS, S and L) in parallel processes.
 
-Every size learns the same data from scratch: language modelling on the auxiliary
-worlds' passages plus the demonstrator's per-step examples (loss on the completion
-only), with ``learner.trainer.train``. Sizes train at once, one spawned process each
-with one torch thread (a small CPU would otherwise be oversubscribed); the parent
+Every size learns the same data from scratch with ``learner.trainer.train``: first
+the copy drill (``toyworld.drill``), then the auxiliary worlds' passages and the
+demonstrator's per-step examples, as the recipe shapes them (``toyworld.world``).
+Sizes train at once, one spawned process each with one torch thread (a small CPU
+would otherwise be oversubscribed); the parent
 shows one progress bar per size, fed by the trainer's own loss log lines through a
 queue. Each process saves ``<models_dir>/<size>-base`` (safetensors, atomically) and
 reports the first and last losses and how far the weights moved from their init.
@@ -61,8 +62,8 @@ def _weight_change(before: dict, after: dict) -> float:
 
 
 def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, out_dir: str,
-               init_seed: int, q, niceness: int = 0) -> None:
-    """Child process: init a ``size`` Llama, train it on ``examples``, save it, report to ``q``."""
+               init_seed: int, q, niceness: int = 0, drill: TrainConfig | None = None) -> None:
+    """Child process: init a ``size`` Llama, drill it (``toyworld.drill``), train it on ``examples``, save it."""
     try:
         if niceness and hasattr(os, "nice"):
             os.nice(niceness)
@@ -84,6 +85,12 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
             model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32, use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(init_dir)
         before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        drilled = None
+        if drill is not None:
+            from toyworld.drill import copy_drill
+
+            data = copy_drill(tokenizer, drill.max_steps * drill.batch_size, seed=init_seed)
+            drilled = train(model, tokenizer, data, drill, progress=False)
         result = train(model, tokenizer, examples, cfg, out_dir=out_dir, progress=False)
         n = max(1, min(cfg.log_every, len(result.losses)))
         q.put(("done", size, {
@@ -99,6 +106,9 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
             "skipped": result.skipped,
             "precision": result.precision,
             "config": asdict(cfg),
+            "drill": None if drilled is None else {
+                "steps": drilled.steps, "seconds": round(drilled.seconds, 1),
+                "first_loss": round(drilled.losses[0], 4), "final_loss": round(drilled.losses[-1], 4)},
         }))
     except BaseException as e:  # report, then let the process fail
         q.put(("error", size, f"{type(e).__name__}: {e}"))
@@ -112,11 +122,13 @@ def train_bases(
     configs: dict[str, TrainConfig],
     *,
     init_seed: int = 0,
+    drill: TrainConfig | None = None,
     progress: bool = True,
     timeout_s: float = 3600.0,
 ) -> dict[str, dict]:
     """Train one base per entry of ``configs`` (size name -> TrainConfig), all in parallel.
 
+    With ``drill``, each first runs that many steps of the copy drill (``toyworld.drill``).
     Writes ``<models_dir>/<size>-base`` for each size; returns size -> training summary.
     The largest size (``modelzoo.body_params``) keeps normal priority, the others are niced.
     A failing process is a RuntimeError naming its size (the others are stopped).
@@ -134,7 +146,7 @@ def train_bases(
         size: ctx.Process(
             target=_train_one,
             args=(size, str(tokenizer_dir), list(examples), cfg, str(models / f"{size}-base"), init_seed, q,
-                  0 if size == largest else SMALL_NICENESS),
+                  0 if size == largest else SMALL_NICENESS, drill),
             name=f"train-{size}",
         )
         for size, cfg in configs.items()
@@ -164,6 +176,8 @@ def train_bases(
             if kind == "progress":
                 step, total, loss = payload
                 bar = bars[size]
+                if step < bar.n:  # the drill ended, the main run starts counting again
+                    bar.reset(total=total)
                 bar.total = total
                 bar.update(step - bar.n)
                 bar.set_postfix(loss=f"{loss:.3f}")

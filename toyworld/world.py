@@ -30,10 +30,11 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from learner.data import SFTExample
 from learner.trainer import TrainConfig
 from rest.config import AgentConfig, Config, ConfigError, EvalConfig, WorldConfig
 from toyworld.graph import WorldSize
@@ -62,6 +63,12 @@ class Recipe:
     name_list_copies: int = 20
     #: training run per model size (sizes absent here are not built)
     train: dict[str, TrainConfig] = field(default_factory=dict)
+    #: first phase of every size: the copy drill (``toyworld.drill``); None = no drill
+    drill: TrainConfig | None = None
+    #: demonstrations trained as plain language modelling (every token a target), not completion-only
+    full_text: bool = True
+    #: every training text under its own renaming (``toyworld.rename``), so facts cannot be memorised
+    rename: bool = True
     #: evaluate on the first N test questions (0 = all)
     eval_limit: int = 0
     #: evaluation processes at once
@@ -76,12 +83,14 @@ def _train(steps: int, lr: float, batch_size: int = 16, **kw) -> TrainConfig:
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(
         world=WorldSize(),
-        train={"XS": _train(3000, 6e-3), "S": _train(3000, 5e-3), "L": _train(3000, 4e-3)},
+        train={"XS": _train(2000, 3e-3), "S": _train(2400, 2.5e-3), "L": _train(2500, 2e-3)},
+        drill=_train(1500, 2e-3, stop_below=0.3),
     ),
     "tiny": Recipe(
         world=WorldSize.tiny(),
         demos_per_aux=60,
         train={s: _train(40, 3e-3, batch_size=32) for s in SIZES},
+        drill=_train(10, 1e-3),
         eval_limit=10,
     ),
 }
@@ -126,6 +135,22 @@ def read_world(world_dir: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text())
 
 
+#: the step settings a world's base models learned (world.json "agent"); an eval without a config uses them
+AGENT_STEP_KEYS = ("prompt_style", "search_budget", "topk", "max_new_tokens")
+
+
+def agent_overrides(world_dir: str | os.PathLike) -> list[str]:
+    """``agent.KEY=VALUE`` overrides that run the agent as the world's demonstrations did.
+
+    A base that saw two snippets per search and six searches cites link ids that a
+    three-snippet run would never show it, so evaluating it with the generic agent
+    defaults measures the mismatch, not the model. Worlds without a manifest get ``TOY_AGENT``'s.
+    """
+    record = read_world(world_dir) or {}
+    agent = {**dataclasses.asdict(TOY_AGENT), **record.get("agent", {})}
+    return [f"agent.{k}={agent[k]}" for k in AGENT_STEP_KEYS]
+
+
 class _Phases:
     """Wall time of each build phase, printed as it ends."""
 
@@ -162,10 +187,10 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, progress: bool) -> 
         from toyworld.modelzoo import train_tokenizer
 
         train_tokenizer(_tokenizer_texts(root, recipe, demos), root / "tokenizer", vocab_size=recipe.vocab_size)
-    examples = [ex for d in demos.values() for ex in d.examples()] + list(_aux_passages(root, recipe))
+    examples = _training_texts(demos, _aux_passages(root, recipe), recipe, seed)
     with phase("train"):
         trained = train_bases(examples, root / "tokenizer", root / "models", recipe.train, init_seed=seed,
-                              progress=progress)
+                              drill=recipe.drill, progress=progress)
         warm = link_warm(root / "models") if "L" in trained else None
     with phase("eval"):
         evals = evaluate_bases(root, [s for s in SIZES if s in trained], recipe, cache)
@@ -189,6 +214,8 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, progress: bool) -> 
         },
         "training_sequences": {"demo_steps": sum(len(d.examples()) for d in demos.values()),
                                "passages": len(examples) - sum(len(d.examples()) for d in demos.values())},
+        "base_training": {"full_text": recipe.full_text, "rename": recipe.rename,
+                          "drill": dataclasses.asdict(recipe.drill) if recipe.drill else None},
         "tokenizer": {"vocab_size": recipe.vocab_size},
         "models": {s: {**trained[s], "dir": f"models/{s}-base"} for s in trained},
         "warm": {"dir": "models/L-warm", "source": "models/L-base", "how": warm} if warm else None,
@@ -246,6 +273,22 @@ def _aux_passages(root: Path, recipe: Recipe) -> Iterator[str]:
     for i in range(recipe.n_aux):
         for p in iter_corpus(_aux_dir(root, i) / "corpus.jsonl.gz"):
             yield f"{p['title']}\n{p['text']}"
+
+
+def _training_texts(demos: dict, passages: Iterable[str], recipe: Recipe, seed: int) -> list[SFTExample | str]:
+    """The bases' data: every demonstration step, then every auxiliary passage, shaped by the recipe.
+
+    With ``full_text`` a step is one language-modelling text (prompt and completion):
+    a step's prompt is itself worth learning (the notes copy the snippets, the queries
+    copy the notes), and completion-only training saw too few copies to learn them.
+    With ``rename`` each text gets its own names (``toyworld.rename``).
+    """
+    from toyworld.rename import renamed
+
+    steps = [ex for d in demos.values() for ex in d.examples()]
+    texts: list[SFTExample | str] = [ex.prompt + ex.completion for ex in steps] if recipe.full_text else steps
+    texts += list(passages)
+    return list(renamed(texts, seed)) if recipe.rename else texts
 
 
 def _tokenizer_texts(root: Path, recipe: Recipe, demos: dict) -> Iterator[str]:

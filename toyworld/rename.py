@@ -1,0 +1,69 @@
+"""Rename each base-training text on its own, so that no fact can be learned by heart.
+
+The auxiliary worlds draw their names from the same word pools as the target world
+(``toyworld.pools``), with other facts. A base trained on them as written learns
+those facts: seeing ``written by Philip`` it writes the surname it memorised, not
+the one in the snippet, and in the target world that is always wrong. Here every
+training text (one step example, or one passage) gets its own random permutation of
+every pool's words and its own shift of every year, applied to prompt and
+completion alike. Within a text the story stays consistent (the note copies the
+snippet, the answer the note); across texts a name means nothing, so the only way
+to predict a name is to copy it from the context, which is the skill the target
+world needs. Kind words (Press, University...) and templates are left alone, and a
+shift applied to every year of a text keeps "founded earlier" comparisons true.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable, Iterator
+
+from learner.data import SFTExample
+from toyworld import pools
+
+#: the pools whose words are permuted (each within itself: a city stays a city)
+POOLS: tuple[tuple[str, ...], ...] = (
+    pools.FIRST_NAMES, pools.LAST_NAMES, pools.COMPANY_STEMS, pools.UNIVERSITY_STEMS,
+    pools.CITY_NAMES, pools.COUNTRY_NAMES, pools.TITLE_ADJECTIVES, pools.TITLE_NOUNS,
+)
+#: years are shifted by at most this much (the world's years stay four-digit)
+MAX_YEAR_SHIFT = 40
+
+_WORDS = sorted({w for p in POOLS for w in p}, key=len, reverse=True)
+_TOKEN = re.compile(r"\b(" + "|".join(_WORDS) + r")\b|\b(1[5-9]\d\d|20\d\d)\b")
+
+
+class Renamer:
+    """Draws one renaming (word permutation per pool + year shift) per call of ``__call__``."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(f"rename:{seed}")
+
+    def _draw(self) -> tuple[dict[str, str], int]:
+        mapping: dict[str, str] = {}
+        for pool in POOLS:
+            shuffled = list(pool)
+            self.rng.shuffle(shuffled)
+            mapping.update(zip(pool, shuffled, strict=True))
+        return mapping, self.rng.randint(-MAX_YEAR_SHIFT, MAX_YEAR_SHIFT)
+
+    def __call__(self, *texts: str) -> list[str]:
+        """``texts`` under one fresh renaming (the same one for all of them)."""
+        mapping, shift = self._draw()
+
+        def sub(m: re.Match) -> str:
+            return mapping[m.group(1)] if m.group(1) else str(int(m.group(2)) + shift)
+
+        return [_TOKEN.sub(sub, t) for t in texts]
+
+
+def renamed(examples: Iterable[SFTExample | str], seed: int) -> Iterator[SFTExample | str]:
+    """Every example under its own renaming (deterministic per ``seed`` and order)."""
+    rename = Renamer(seed)
+    for ex in examples:
+        if isinstance(ex, SFTExample):
+            prompt, completion = rename(ex.prompt, ex.completion)
+            yield SFTExample(prompt, completion, ex.weight)
+        else:
+            yield rename(ex)[0]
