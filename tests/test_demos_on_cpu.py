@@ -19,7 +19,7 @@ from toyworld.demos import FIX, NOISE_KINDS, WorldFacts, demonstrate
 from toyworld.drill import MAX_WORDS, MIN_WORDS, copy_drill
 from toyworld.graph import WorldSize, make_world
 from toyworld.modelzoo import train_tokenizer
-from toyworld.rename import POOLS as RENAME_POOLS
+from toyworld.pools import NAME_POOLS
 from toyworld.rename import renamed
 from toyworld.render import render_world
 from toyworld.world import AGENT_STEP_KEYS, TOY_AGENT, agent_overrides, with_world_paths
@@ -188,7 +188,7 @@ def test_renaming_keeps_each_example_consistent_and_each_name_in_its_pool(aux):
     steps = [ex for d in demos.demos for ex in d.examples()]
     out = list(renamed(steps, seed=3))
     assert out == list(renamed(steps, seed=3)) and out != list(renamed(steps, seed=4))
-    pool_of = {w: i for i, p in enumerate(RENAME_POOLS) for w in p}
+    pool_of = {w: i for i, p in enumerate(NAME_POOLS.values()) for w in p}
     changed = 0
     for before, after in zip(steps, out, strict=True):
         a = re.findall(r"\w+", before.prompt + before.completion)
@@ -219,6 +219,9 @@ def test_renaming_gives_every_text_its_own_names():
     out = list(renamed(texts, seed=0))
     assert len(set(out)) > 40 and all(t.endswith(".") and " was born in " in t for t in out)
     assert list(renamed(["No names here."], seed=0)) == ["No names here."]
+    every = " ".join(w for pool in NAME_POOLS.values() for w in pool)
+    (out,) = renamed([every], seed=1)
+    assert out != every and sorted(out.split()) == sorted(every.split())  # a permutation: every word renamed
 
 
 def test_copy_drill_is_deterministic_and_copies_whole_word_tokens(tmp_path):

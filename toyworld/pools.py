@@ -95,6 +95,13 @@ Ocean Sea Desert Shore Sky Moon Sun Star Fire Rain Snow Wind Song Dream Heart Ha
 Sword Key Clock Bell Ship Train House Room Hour Feather Child Stranger Hunter Sailor Painter
 """.split())
 
+#: the pools a name's distinctive words come from (kind words such as Press or University aside)
+NAME_POOLS: dict[str, tuple[str, ...]] = {
+    "FIRST_NAMES": FIRST_NAMES, "LAST_NAMES": LAST_NAMES, "COMPANY_STEMS": COMPANY_STEMS,
+    "UNIVERSITY_STEMS": UNIVERSITY_STEMS, "CITY_NAMES": CITY_NAMES, "COUNTRY_NAMES": COUNTRY_NAMES,
+    "TITLE_ADJECTIVES": TITLE_ADJECTIVES, "TITLE_NOUNS": TITLE_NOUNS,
+}
+
 OCCUPATIONS: dict[str, tuple[str, ...]] = {
     "writer": ("novelist", "poet", "writer", "author"),
     "director": ("movie director", "filmmaker", "director"),
@@ -113,9 +120,7 @@ def name_words() -> tuple[str, ...]:
 def check_pools() -> None:
     """Raise ``ValueError`` if a name word appears in two pools (answers must not hide in names)."""
     pools = {
-        "FIRST_NAMES": FIRST_NAMES, "LAST_NAMES": LAST_NAMES, "COMPANY_STEMS": COMPANY_STEMS,
-        "UNIVERSITY_STEMS": UNIVERSITY_STEMS, "CITY_NAMES": CITY_NAMES, "COUNTRY_NAMES": COUNTRY_NAMES,
-        "TITLE_ADJECTIVES": TITLE_ADJECTIVES, "TITLE_NOUNS": TITLE_NOUNS,
+        **NAME_POOLS,
         "suffixes": tuple(s for v in COMPANY_SUFFIXES.values() for s in v) + UNIVERSITY_KINDS,
     }
     owner: dict[str, str] = {}

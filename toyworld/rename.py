@@ -22,38 +22,44 @@ from collections.abc import Iterable, Iterator
 from learner.data import SFTExample
 from toyworld import pools
 
-#: the pools whose words are permuted (each within itself: a city stays a city)
-POOLS: tuple[tuple[str, ...], ...] = (
-    pools.FIRST_NAMES, pools.LAST_NAMES, pools.COMPANY_STEMS, pools.UNIVERSITY_STEMS,
-    pools.CITY_NAMES, pools.COUNTRY_NAMES, pools.TITLE_ADJECTIVES, pools.TITLE_NOUNS,
-)
 #: years are shifted by at most this much (the world's years stay four-digit)
 MAX_YEAR_SHIFT = 40
 
-_WORDS = sorted({w for p in POOLS for w in p}, key=len, reverse=True)
-_TOKEN = re.compile(r"\b(" + "|".join(_WORDS) + r")\b|\b(1[5-9]\d\d|20\d\d)\b")
+#: name word -> its pool (each word is permuted within its pool: a city stays a city)
+_POOL_OF = {w: pool for pool in pools.NAME_POOLS.values() for w in pool}
+_TOKEN = re.compile(r"\b([A-Z][a-z]+)\b|\b(1[5-9]\d\d|20\d\d)\b")
 
 
 class Renamer:
-    """Draws one renaming (word permutation per pool + year shift) per call of ``__call__``."""
+    """Draws one renaming (word permutation per pool + year shift) per call of ``__call__``.
+
+    Only the words a text uses are drawn: a random injective map of those words into
+    their pools is what a whole random permutation looks like from inside the text.
+    """
 
     def __init__(self, seed: int):
         self.rng = random.Random(f"rename:{seed}")
 
-    def _draw(self) -> tuple[dict[str, str], int]:
-        mapping: dict[str, str] = {}
-        for pool in POOLS:
-            shuffled = list(pool)
-            self.rng.shuffle(shuffled)
-            mapping.update(zip(pool, shuffled, strict=True))
-        return mapping, self.rng.randint(-MAX_YEAR_SHIFT, MAX_YEAR_SHIFT)
-
     def __call__(self, *texts: str) -> list[str]:
         """``texts`` under one fresh renaming (the same one for all of them)."""
-        mapping, shift = self._draw()
+        mapping: dict[str, str] = {}
+        taken: set[str] = set()
+        shift = self.rng.randint(-MAX_YEAR_SHIFT, MAX_YEAR_SHIFT)
 
         def sub(m: re.Match) -> str:
-            return mapping[m.group(1)] if m.group(1) else str(int(m.group(2)) + shift)
+            if m.group(2):
+                return str(int(m.group(2)) + shift)
+            word = m.group(1)
+            pool = _POOL_OF.get(word)
+            if pool is None:
+                return word
+            if word not in mapping:
+                new = self.rng.choice(pool)
+                while new in taken:
+                    new = self.rng.choice(pool)
+                mapping[word] = new
+                taken.add(new)
+            return mapping[word]
 
         return [_TOKEN.sub(sub, t) for t in texts]
 

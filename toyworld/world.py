@@ -187,7 +187,8 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, progress: bool) -> 
         from toyworld.modelzoo import train_tokenizer
 
         train_tokenizer(_tokenizer_texts(root, recipe, demos), root / "tokenizer", vocab_size=recipe.vocab_size)
-    examples = _training_texts(demos, _aux_passages(root, recipe), recipe, seed)
+    with phase("texts"):
+        examples = _training_texts(demos, _aux_passages(root, recipe), recipe, seed)
     with phase("train"):
         trained = train_bases(examples, root / "tokenizer", root / "models", recipe.train, init_seed=seed,
                               drill=recipe.drill, progress=progress)

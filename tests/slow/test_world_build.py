@@ -30,7 +30,7 @@ def test_world_json_is_complete(world):
     out, record = world
     assert json.loads((out / WORLD_JSON).read_text()) == record
     assert record["seed"] == 11 and record["size"] == "tiny"
-    assert set(record["timings"]) == {"data", "demos", "tokenizer", "train", "eval", "total"}
+    assert set(record["timings"]) == {"data", "demos", "tokenizer", "texts", "train", "eval", "total"}
     assert record["demos"]["trajectories"] > 0 and 0.0 < record["demos"]["accuracy"] < 1.0
     assert set(record["models"]) == set(SIZES)
     params = [record["models"][s]["params"] for s in SIZES]
