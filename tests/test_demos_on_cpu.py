@@ -149,7 +149,7 @@ def test_bad_arguments_are_rejected(aux):
 def test_toy_config_acts_like_the_demonstrations():
     raw = yaml.safe_load((ROOT / "configs" / "toy.yaml").read_text())
     agent = raw["agent"]
-    for key in ("prompt_style", "search_budget", "topk", "max_new_tokens", "self_checks"):
+    for key in AGENT_STEP_KEYS:
         assert agent.get(key, getattr(TOY_AGENT, key)) == getattr(TOY_AGENT, key), key
     assert not raw.get("engine", {}).get("model") and not raw.get("search", {}).get("corpus")
 
@@ -174,7 +174,7 @@ def test_eval_of_a_world_uses_the_step_settings_its_bases_learned(tmp_path):
     (tmp_path / "world.json").write_text(json.dumps({"agent": {"topk": 5, "search_budget": 3}}))
     got = dict(o.split("=", 1) for o in agent_overrides(tmp_path))
     assert got == {"agent.prompt_style": "zeroshot", "agent.search_budget": "3", "agent.topk": "5",
-                   "agent.max_new_tokens": str(TOY_AGENT.max_new_tokens)}
+                   "agent.max_new_tokens": str(TOY_AGENT.max_new_tokens), "agent.self_checks": "True"}
     cfg = load_config(None, list(agent_overrides(tmp_path)))  # every override is a valid config key and value
     assert (cfg.agent.topk, cfg.agent.search_budget, cfg.agent.prompt_style) == (5, 3, "zeroshot")
 

@@ -136,7 +136,7 @@ def read_world(world_dir: str | os.PathLike) -> dict | None:
 
 
 #: the step settings a world's base models learned (world.json "agent"); an eval without a config uses them
-AGENT_STEP_KEYS = ("prompt_style", "search_budget", "topk", "max_new_tokens")
+AGENT_STEP_KEYS = ("prompt_style", "search_budget", "topk", "max_new_tokens", "self_checks")
 
 
 def agent_overrides(world_dir: str | os.PathLike) -> list[str]:
