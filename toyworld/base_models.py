@@ -61,6 +61,12 @@ def _weight_change(before: dict, after: dict) -> float:
     return (num / max(den, 1e-30)) ** 0.5
 
 
+def _loss_ends(losses: list[float], window: int) -> tuple[float, float]:
+    """Mean loss over the first and the last ``window`` steps of a run."""
+    n = max(1, min(window, len(losses)))
+    return round(sum(losses[:n]) / n, 4), round(sum(losses[-n:]) / n, 4)
+
+
 def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, out_dir: str,
                init_seed: int, q, niceness: int = 0, drill: TrainConfig | None = None) -> None:
     """Child process: init a ``size`` Llama, drill it (``toyworld.drill``), train it on ``examples``, save it."""
@@ -92,13 +98,13 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
             data = copy_drill(tokenizer, drill.max_steps * drill.batch_size, seed=init_seed)
             drilled = train(model, tokenizer, data, drill, progress=False)
         result = train(model, tokenizer, examples, cfg, out_dir=out_dir, progress=False)
-        n = max(1, min(cfg.log_every, len(result.losses)))
+        first, final = _loss_ends(result.losses, cfg.log_every)
         q.put(("done", size, {
             "size": size,
             "params": count_params(out_dir),
             "steps": result.steps,
-            "first_loss": round(sum(result.losses[:n]) / n, 4),
-            "final_loss": round(sum(result.losses[-n:]) / n, 4),
+            "first_loss": first,
+            "final_loss": final,
             "weight_change": round(_weight_change(before, model.state_dict()), 4),
             "tokens": result.tokens,
             "tokens_per_s": round(result.tokens_per_s),
@@ -106,9 +112,10 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
             "skipped": result.skipped,
             "precision": result.precision,
             "config": asdict(cfg),
-            "drill": None if drilled is None else {
-                "steps": drilled.steps, "seconds": round(drilled.seconds, 1),
-                "first_loss": round(drilled.losses[0], 4), "final_loss": round(drilled.losses[-1], 4)},
+            "drill": None if drilled is None else dict(zip(
+                ("steps", "seconds", "first_loss", "final_loss"),
+                (drilled.steps, round(drilled.seconds, 1), *_loss_ends(drilled.losses, drill.log_every)),
+                strict=True)),
         }))
     except BaseException as e:  # report, then let the process fail
         q.put(("error", size, f"{type(e).__name__}: {e}"))
