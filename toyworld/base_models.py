@@ -68,7 +68,8 @@ def _loss_ends(losses: list[float], window: int) -> tuple[float, float]:
 
 
 def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, out_dir: str,
-               init_seed: int, q, niceness: int = 0, drill: TrainConfig | None = None) -> None:
+               init_seed: int, q, niceness: int = 0, drill: TrainConfig | None = None,
+               drill_mix: float = 0.0) -> None:
     """Child process: init a ``size`` Llama, drill it (``toyworld.drill``), train it on ``examples``, save it."""
     try:
         if niceness and hasattr(os, "nice"):
@@ -97,6 +98,11 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
 
             data = copy_drill(tokenizer, drill.max_steps * drill.batch_size, seed=init_seed)
             drilled = train(model, tokenizer, data, drill, progress=False)
+        mixed = round(drill_mix * len(examples))
+        if mixed:  # fresh drill examples among the world's, so the copying is kept up
+            from toyworld.drill import copy_drill
+
+            examples = examples + copy_drill(tokenizer, mixed, seed=init_seed + 1)
         result = train(model, tokenizer, examples, cfg, out_dir=out_dir, progress=False)
         first, final = _loss_ends(result.losses, cfg.log_every)
         q.put(("done", size, {
@@ -112,6 +118,7 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
             "skipped": result.skipped,
             "precision": result.precision,
             "config": asdict(cfg),
+            "drill_examples_mixed": mixed,
             "drill": None if drilled is None else dict(zip(
                 ("steps", "seconds", "first_loss", "final_loss"),
                 (drilled.steps, round(drilled.seconds, 1), *_loss_ends(drilled.losses, drill.log_every)),
@@ -129,13 +136,15 @@ def train_bases(
     configs: dict[str, TrainConfig],
     *,
     init_seed: int = 0,
-    drill: TrainConfig | None = None,
+    drills: dict[str, TrainConfig] | None = None,
+    drill_mix: float = 0.0,
     progress: bool = True,
     timeout_s: float = 3600.0,
 ) -> dict[str, dict]:
     """Train one base per entry of ``configs`` (size name -> TrainConfig), all in parallel.
 
-    With ``drill``, each first runs that many steps of the copy drill (``toyworld.drill``).
+    A size in ``drills`` first runs that copy drill (``toyworld.drill``);
+    ``drill_mix`` adds that fraction of (other) drill examples to the main data.
     Writes ``<models_dir>/<size>-base`` for each size; returns size -> training summary.
     The largest size (``modelzoo.body_params``) keeps normal priority, the others are niced.
     A failing process is a RuntimeError naming its size (the others are stopped).
@@ -153,7 +162,7 @@ def train_bases(
         size: ctx.Process(
             target=_train_one,
             args=(size, str(tokenizer_dir), list(examples), cfg, str(models / f"{size}-base"), init_seed, q,
-                  0 if size == largest else SMALL_NICENESS, drill),
+                  0 if size == largest else SMALL_NICENESS, (drills or {}).get(size), drill_mix),
             name=f"train-{size}",
         )
         for size, cfg in configs.items()

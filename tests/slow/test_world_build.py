@@ -52,6 +52,17 @@ def test_training_lowered_the_loss_and_moved_the_weights(world):
         assert m["weight_change"] > 0.0 and m["steps"] == m["config"]["max_steps"]
 
 
+def test_every_size_was_drilled_and_kept_drilling(world):
+    _, record = world
+    mix = record["base_training"]["drill_mix"]
+    assert mix > 0 and set(record["base_training"]["drill"]) == set(SIZES)
+    sequences = sum(record["training_sequences"].values())
+    for size in SIZES:
+        m = record["models"][size]
+        assert m["drill"]["steps"] == record["base_training"]["drill"][size]["max_steps"], (size, m["drill"])
+        assert m["drill_examples_mixed"] == round(mix * sequences) > 0
+
+
 def test_every_model_dir_loads_in_transformers(world):
     out, _ = world
     for name in [f"{s}-base" for s in SIZES] + ["L-warm"]:
