@@ -84,7 +84,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.world:
         if not os.path.isdir(args.world):
             raise ConfigError(f"--world: not a directory: {args.world}")
-        cfg.world = dataclasses.replace(cfg.world, dir=args.world)
+        from toyworld.world import read_world
+
+        built = read_world(args.world) or {}  # the world's own seed and size, or a closed-book eval rebuilds it
+        cfg.world = dataclasses.replace(cfg.world, dir=args.world, seed=built.get("seed", cfg.world.seed),
+                                        size=built.get("size", cfg.world.size))
         if not (corpus or args.search_url or args.closed_book):
             corpus = os.path.join(args.world, "corpus.jsonl.gz")
             if not os.path.isfile(corpus):

@@ -113,6 +113,13 @@ def test_cli_eval_of_a_world_runs_the_agent_as_its_bases_learned(world, tmp_path
     agent = json.loads((tmp_path / "ev" / "score.json").read_text())["agent"]
     for key in ("prompt_style", "topk", "search_budget", "max_new_tokens"):
         assert agent[key] == record["agent"][key], key
+    # closed book on a world of another seed than the config default's: the world is used, not rebuilt
+    closed = subprocess.run([sys.executable, "-m", "rest", "eval", "--world", str(out), "--model",
+                             str(out / "models" / "L-warm"), "--dataset", "toy-test", "--limit", "3", "--closed-book",
+                             "--out", str(tmp_path / "cb")], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env=env)
+    assert closed.returncode == 0, closed.stderr[-2000:]
+    assert json.loads((tmp_path / "cb" / "score.json").read_text())["searches_per_episode"] == 0
 
 
 def test_refuses_to_overwrite_a_directory_that_is_not_a_world(tmp_path):
