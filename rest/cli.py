@@ -86,7 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"--world: not a directory: {args.world}")
         from toyworld.world import read_world
 
-        built = read_world(args.world) or {}  # the world's own seed and size, or a closed-book eval rebuilds it
+        built = read_world(args.world) or {}  # the config then describes the world it names
         cfg.world = dataclasses.replace(cfg.world, dir=args.world, seed=built.get("seed", cfg.world.seed),
                                         size=built.get("size", cfg.world.size))
         if not (corpus or args.search_url or args.closed_book):

@@ -42,9 +42,10 @@ def build_engine(cfg: Config) -> Engine:
     """The policy engine; a ``random_init`` model is created on first use.
 
     With ``world.dir`` set, an empty engine.model means the toy world's L-warm
-    (``toyworld.world.with_world_paths``; the world is built on first use).
+    (``toyworld.world.with_world_paths``; the world is built on first use). A model set
+    explicitly needs no world: a closed-book eval must not build one for a corpus it never reads.
     """
-    if cfg.world.dir:
+    if cfg.world.dir and not cfg.engine.model:
         from toyworld.world import with_world_paths
 
         cfg = with_world_paths(cfg)
@@ -60,7 +61,7 @@ def build_engine(cfg: Config) -> Engine:
 
 def build_search(cfg: Config) -> SearchBackend:
     """The search backend; with ``world.dir`` set, an empty bm25 corpus means the toy world's corpus."""
-    if cfg.world.dir:
+    if cfg.world.dir and cfg.search.backend == "bm25" and not cfg.search.corpus:
         from toyworld.world import with_world_paths
 
         cfg = with_world_paths(cfg)

@@ -277,3 +277,21 @@ def test_make_engine_builds_the_hf_backend(model_dir):
     assert isinstance(eng, HFEngine) and eng.max_batch == 8
     with pytest.raises(EngineError, match="engine.model"):
         make_engine(EngineConfig(backend="hf", model=""))
+
+
+def test_build_engine_with_an_explicit_model_leaves_the_world_alone(model_dir, tmp_path):
+    """A closed-book eval names its model and reads no corpus: it must not build (or check) the config's world."""
+    from rest.config import Config, WorldConfig
+    from rest.resources import build_engine
+
+    world = tmp_path / "not-a-world"  # building here fails at once: the directory holds something else
+    world.mkdir()
+    (world / "notes.txt").write_text("mine")
+    cfg = Config(world=WorldConfig(dir=str(world), seed=4242),
+                 engine=EngineConfig(backend="hf", model=str(model_dir), threads=1))
+    engine = build_engine(cfg)
+    try:
+        assert engine.generate(["x"], n=1, temperature=0.0, max_new_tokens=2)[0]
+    finally:
+        engine.close()
+    assert [p.name for p in world.iterdir()] == ["notes.txt"]
