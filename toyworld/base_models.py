@@ -92,16 +92,14 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
             model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32, use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(init_dir)
         before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        from toyworld.drill import copy_drill
+
         drilled = None
         if drill is not None:
-            from toyworld.drill import copy_drill
-
             data = copy_drill(tokenizer, drill.max_steps * drill.batch_size, seed=init_seed)
             drilled = train(model, tokenizer, data, drill, progress=False)
         mixed = round(drill_mix * len(examples))
         if mixed:  # fresh drill examples among the world's, so the copying is kept up
-            from toyworld.drill import copy_drill
-
             examples = examples + copy_drill(tokenizer, mixed, seed=init_seed + 1)
         result = train(model, tokenizer, examples, cfg, out_dir=out_dir, progress=False)
         first, final = _loss_ends(result.losses, cfg.log_every)

@@ -67,7 +67,7 @@ class Recipe:
     #: training run per model size (sizes absent here are not built)
     train: dict[str, TrainConfig] = field(default_factory=dict)
     #: first phase per size: the copy drill (``toyworld.drill``); sizes absent here are not drilled
-    drill: dict[str, TrainConfig] = field(default_factory=dict)
+    drills: dict[str, TrainConfig] = field(default_factory=dict)
     #: drill examples mixed into the main data, as a fraction of it (keeps the copying from fading)
     drill_mix: float = 0.0
     #: demonstrations trained as plain language modelling (every token a target), not completion-only
@@ -85,24 +85,21 @@ def _train(steps: int, lr: float, batch_size: int = 16, **kw) -> TrainConfig:
                        max_len=320, log_every=10, **kw)
 
 
-#: the default's choices, measured at seed 4242 (L-base on toy-test, n=600; README "What mattered"):
-#: drill to loss < 0.05 plus 10% drill mixed in, noise 0.10, L 2,500 steps: 66.7% (above the band), 753 s;
-#: noise 0.20, L 2,000: 22.8%, 716 s; noise 0.15, L 2,200: 53.2%, 662 s, but 7.2% at seed 0;
-#: L drilled to loss < 0.01 and 2,000 steps (this): 30.7% at seed 4242, 21.3% at seed 0.
-#: XS does not learn the drill in 1,000 steps (loss 4.4), so it skips it.
+#: the default's alternatives and their measured warm starts: README "What mattered".
+#: XS skips the drill: 1,000 steps of it reached only loss 4.4.
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(
         world=WorldSize(),
         noise=0.15,
         train={"XS": _train(2000, 3e-3), "S": _train(2000, 2.5e-3), "L": _train(2000, 2e-3)},
-        drill={"S": _train(2500, 1e-3, stop_below=0.05), "L": _train(3000, 1e-3, stop_below=0.01)},
+        drills={"S": _train(2500, 1e-3, stop_below=0.05), "L": _train(3000, 1e-3, stop_below=0.01)},
         drill_mix=0.1,
     ),
     "tiny": Recipe(
         world=WorldSize.tiny(),
         demos_per_aux=60,
         train={s: _train(40, 3e-3, batch_size=32) for s in SIZES},
-        drill={s: _train(10, 1e-3) for s in SIZES},
+        drills={s: _train(10, 1e-3) for s in SIZES},
         drill_mix=0.1,
         eval_limit=10,
     ),
@@ -204,7 +201,7 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, progress: bool) -> 
         examples = _training_texts(demos, _aux_passages(root, recipe), recipe, seed)
     with phase("train"):
         trained = train_bases(examples, root / "tokenizer", root / "models", recipe.train, init_seed=seed,
-                              drills=recipe.drill, drill_mix=recipe.drill_mix, progress=progress)
+                              drills=recipe.drills, drill_mix=recipe.drill_mix, progress=progress)
         warm = link_warm(root / "models") if "L" in trained else None
     with phase("eval"):
         evals = evaluate_bases(root, [s for s in SIZES if s in trained], recipe, cache)
@@ -229,7 +226,7 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, progress: bool) -> 
         "training_sequences": {"demo_steps": sum(len(d.examples()) for d in demos.values()),
                                "passages": len(examples) - sum(len(d.examples()) for d in demos.values())},
         "base_training": {"full_text": recipe.full_text, "rename": recipe.rename,
-                          "drill": {s: dataclasses.asdict(c) for s, c in recipe.drill.items()},
+                          "drills": {s: dataclasses.asdict(c) for s, c in recipe.drills.items()},
                           "drill_mix": recipe.drill_mix},
         "tokenizer": {"vocab_size": recipe.vocab_size},
         "models": {s: {**trained[s], "dir": f"models/{s}-base"} for s in trained},

@@ -55,11 +55,11 @@ def test_training_lowered_the_loss_and_moved_the_weights(world):
 def test_every_size_was_drilled_and_kept_drilling(world):
     _, record = world
     mix = record["base_training"]["drill_mix"]
-    assert mix > 0 and set(record["base_training"]["drill"]) == set(SIZES)
+    assert mix > 0 and set(record["base_training"]["drills"]) == set(SIZES)
     sequences = sum(record["training_sequences"].values())
     for size in SIZES:
         m = record["models"][size]
-        assert m["drill"]["steps"] == record["base_training"]["drill"][size]["max_steps"], (size, m["drill"])
+        assert m["drill"]["steps"] == record["base_training"]["drills"][size]["max_steps"], (size, m["drill"])
         assert m["drill_examples_mixed"] == round(mix * sequences) > 0
 
 
