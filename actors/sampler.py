@@ -201,17 +201,22 @@ def ranker_chooser(ranker: StepRanker, traj: Trajectory) -> Chooser:
 
 
 class RemoteSearch:
-    """A ``SearchBackend`` over a ``SearchActor``: bounded waits, every failure a ``SearchError``."""
+    """A ``SearchBackend`` over a ``SearchActor``: bounded waits, every failure a ``SearchError``.
 
-    def __init__(self, actor, timeout_s: float):
+    ``hide_held_out``: ask the actor to skip its held-out passages (the ReST driver's
+    training rollouts; see ``actors.search_actor``).
+    """
+
+    def __init__(self, actor, timeout_s: float, hide_held_out: bool = False):
         if not timeout_s > 0:
             raise ValueError(f"RemoteSearch: timeout_s must be > 0, got {timeout_s!r}")
         self.actor = actor
         self.timeout_s = float(timeout_s)
+        self.hide_held_out = hide_held_out
 
     def search(self, queries: Sequence[str], topk: int) -> list[list[Passage]]:
         try:
-            ref = self.actor.search.remote(list(queries), topk)
+            ref = self.actor.search.remote(list(queries), topk, self.hide_held_out)
             return ray.get(ref, timeout=self.timeout_s)
         except ray.exceptions.GetTimeoutError:
             _cancel(ref)

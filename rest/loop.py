@@ -40,6 +40,7 @@ from evals.qa import check_judge, write_result
 from rest.batch import GrowingBatch, read_jsonl, step_records, write_jsonl
 from rest.config import Config
 from rest.evaluation import score, trajectory_counters
+from rest.leakage import HeldOut
 from rest.metrics import RunMetrics
 from rest.run_dir import RunDir
 from rest.state import RunState
@@ -76,6 +77,7 @@ class ReSTLoop:
         """Evaluate the warm start (generation 0) once, then run the remaining generations."""
         self.say(f"run {self.run.root}: resuming at {self.state.resume_point()}, "
                  f"{len(self.train.questions)} training questions")
+        self._no_leakage("before rollout", self.held_out.check_questions(self.train.questions, self.train.name))
         try:
             for gen in self.state.remaining_generations(self.cfg.rest.generations):
                 if gen == 0:
@@ -135,7 +137,7 @@ class ReSTLoop:
         t_phase = time.perf_counter()
         pool = self.pool  # the samplers start on first use: their start-up is part of this phase
         startup = time.perf_counter() - t_phase
-        before = dict(pool.stats)
+        before, hidden_before = dict(pool.stats), self._hidden_passages()
         t0 = time.perf_counter()
         with self._bar(len(ids) * tpq, f"gen {gen} rollout") as bar:
             trajectories = pool.map(tasks, version, tpq, on_result=lambda _t, out: bar.update(len(out)))
@@ -157,7 +159,8 @@ class ReSTLoop:
         self.metrics.rollout_breakdown(breakdown)
         return {"version": version, "trajectories_per_question": tpq, **c,
                 "tokens_per_s": round(c["generated_tokens"] / max(seconds, 1e-9), 1),
-                "resubmitted": delta["resubmitted"], "replaced": delta["replaced"], "rollout_breakdown": breakdown}
+                "resubmitted": delta["resubmitted"], "replaced": delta["replaced"],
+                "held_out_hidden": self._hidden_passages() - hidden_before, "rollout_breakdown": breakdown}
 
     def rank(self, gen: int) -> dict[str, Any]:
         """The rankers fill ``scores``/``ranker_best`` on every LLM step, in place in the trajectory file."""
@@ -193,10 +196,12 @@ class ReSTLoop:
         """The best sample of every LLM step, appended to the growing batch as generation ``gen``."""
         trajectories = [Trajectory.from_dict(t) for t in read_jsonl(self.run.trajectories(gen))]
         records = [r for t in trajectories for r in step_records(gen, t)]
+        kept = {(r["trajectory_id"], r["step_index"]) for r in records}
+        self._no_leakage(f"gen {gen} store", self.held_out.check_trajectories(trajectories, kept))
         llm_steps = sum(len(t.llm_steps()) for t in trajectories)
         self.batch.write_gen(gen, records)
         return {"records": len(records), "steps_without_usable_sample": llm_steps - len(records),
-                "batch_records": len(self.batch.all(upto=gen))}
+                "batch_records": len(self.batch.all(upto=gen)), "leakage_checked_records": len(records)}
 
     def finetune(self, gen: int) -> dict[str, Any]:
         """L fine-tunes from its starting checkpoint on every record of generations 1..gen."""
@@ -244,10 +249,7 @@ class ReSTLoop:
 
     def evaluate(self, gen: int) -> dict[str, Any]:
         """Every model of generation ``gen`` on every eval dataset, on short-lived sampler actors."""
-        datasets = [read_dataset(name, self.cfg.world.dir or None) for name in self.cfg.rest.eval_datasets]
-        if self.cfg.eval.limit:
-            for d in datasets:
-                d.questions = d.questions[: self.cfg.eval.limit]
+        datasets = self.eval_sets
         todo = {model: [d for d in datasets if not (self.run.eval_dir(gen, model, d.name) / "score.json").is_file()]
                 for model in self.models_at(gen)}
         with ThreadPoolExecutor(max_workers=self._eval_concurrency(len(todo))) as threads:
@@ -272,6 +274,30 @@ class ReSTLoop:
         return {"evals": len(report["evals"]), "plots": len(report["plots"])}
 
     # ================================================================ helpers of the phases
+
+    @cached_property
+    def eval_sets(self) -> list[Dataset]:
+        """The eval datasets, cut to ``eval.limit`` questions when it is set."""
+        datasets = [read_dataset(name, self.cfg.world.dir or None) for name in self.cfg.rest.eval_datasets]
+        if self.cfg.eval.limit:
+            for d in datasets:
+                d.questions = d.questions[: self.cfg.eval.limit]
+        return datasets
+
+    @cached_property
+    def held_out(self) -> HeldOut:
+        """What no training example may contain (``rest.leakage``): every eval question in full, not only
+        the ``eval.limit`` evaluated."""
+        return HeldOut.of(read_dataset(name, self.cfg.world.dir or None) for name in self.cfg.rest.eval_datasets)
+
+    def _hidden_passages(self) -> int:
+        """Held-out passages the search actors have kept from rollouts so far."""
+        return sum(s["hidden"] for s in self._get([a.stats.remote() for a in self.search_actors], "search stats"))
+
+    def _no_leakage(self, where: str, violations: list[str]) -> None:
+        if violations:
+            more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+            raise RunError(f"{where}: leakage: {violations[0]}{more}; nothing of it was trained on")
 
     def models_at(self, gen: int) -> dict[str, str]:
         """Model name -> checkpoint of generation ``gen`` (0: the starting checkpoints)."""
@@ -300,8 +326,8 @@ class ReSTLoop:
         tasks = make_tasks([q.id for q in questions], cfg.rest.questions_per_task, lambda i: cfg.agent.seed)
         size = min(cfg.rest.num_samplers, len(tasks))
         t0 = time.perf_counter()
-        pool = SamplerPool(lambda slot: self._sampler(slot, cfg, questions, path, 0, f"eval-{model}"), size,
-                           cfg.rest.call_timeout_s, cfg.rest.max_task_retries, what=f"eval sampler ({model})")
+        pool = SamplerPool(lambda slot: self._sampler(slot, cfg, questions, path, 0, f"eval-{model}", rollout=False),
+                           size, cfg.rest.call_timeout_s, cfg.rest.max_task_retries, what=f"eval sampler ({model})")
         try:
             with self._bar(len(questions), f"gen {gen} eval {model}") as bar:
                 trajectories = pool.map(tasks, 0, 1, on_result=lambda _t, out: bar.update(len(out)))
@@ -335,8 +361,9 @@ class ReSTLoop:
         from actors.search_actor import SearchActor
 
         r = self.cfg.rest
-        return [SearchActor.options(num_cpus=r.search_num_cpus, name=self._name(f"search-{i}")).remote(self.cfg.search)
-                for i in range(r.num_search_actors)]
+        hidden = sorted(self.held_out.passages)
+        return [SearchActor.options(num_cpus=r.search_num_cpus, name=self._name(f"search-{i}"))
+                .remote(self.cfg.search, hidden) for i in range(r.num_search_actors)]
 
     @cached_property
     def pool(self) -> SamplerPool:
@@ -344,7 +371,8 @@ class ReSTLoop:
         r = self.cfg.rest
         questions = [Question(id=q.id, question=q.question) for q in self.train.questions]  # no gold answers
         return SamplerPool(
-            lambda slot: self._sampler(slot, self.cfg, questions, self.cfg.models.policy, self.state.version, "sampler"),
+            lambda slot: self._sampler(slot, self.cfg, questions, self.cfg.models.policy, self.state.version, "sampler",
+                                      rollout=True),
             r.num_samplers, r.call_timeout_s, r.max_task_retries)
 
     @cached_property
@@ -364,11 +392,14 @@ class ReSTLoop:
 
         return LearnerGroup(self.cfg.learner, control_timeout_s=self.cfg.rest.call_timeout_s)
 
-    def _sampler(self, slot: int, cfg: Config, questions: list[Question], model: str, version: int, label: str):
-        """A ready sampler actor holding ``model``, brought to policy ``version`` from L's checkpoint."""
+    def _sampler(self, slot: int, cfg: Config, questions: list[Question], model: str, version: int, label: str,
+                 rollout: bool):
+        """A ready sampler actor holding ``model``, brought to policy ``version`` from L's checkpoint; a
+        ``rollout`` sampler's searches skip the held-out passages (``rest.leakage``), an eval sampler's do not."""
         from actors.sampler import RemoteSearch, SamplerActor
 
-        search = RemoteSearch(self.search_actors[slot % len(self.search_actors)], cfg.rest.call_timeout_s)
+        search = RemoteSearch(self.search_actors[slot % len(self.search_actors)], cfg.rest.call_timeout_s,
+                              hide_held_out=rollout)
         actor = SamplerActor.options(
             num_cpus=cfg.rest.sampler_num_cpus, num_gpus=cfg.rest.sampler_num_gpus, name=self._name(f"{label}-{slot}"),
         ).remote(cfg, questions, search, replica=slot, model=model)

@@ -418,6 +418,23 @@ def test_make_search_from_config(tmp_path):
         make_search(SearchConfig(backend="bm25", corpus=""))
 
 
+def test_the_search_service_hides_held_out_passages_only_when_asked(tmp_path):
+    """The ReST driver's rollouts skip the eval questions' gold passages; the next best fill their places."""
+    from actors.search_actor import SearchService
+
+    cfg = SearchConfig(backend="bm25", corpus=str(CORPUS), cache_dir=str(tmp_path))
+    queries = [q for q, _ in KNOWN]
+    full = make_search(cfg).search(queries, 12)
+    held_out = [full[0][0].id, full[0][2].id, full[1][0].id]  # incl. a best hit and one further down
+    service = SearchService(cfg, held_out)
+    assert service.search(queries, 3) == [r[:3] for r in full]  # not asked: the whole corpus
+    hidden = service.search(queries, 3, hide_held_out=True)
+    for got, ranked in zip(hidden, full, strict=True):
+        assert got == [p for p in ranked if p.id not in held_out][:3]
+    assert service.stats()["hidden"] == 3
+    assert service.search(["zzzz qqqq"], 3, hide_held_out=True) == [[]]  # nothing matches: no endless asking
+
+
 @pytest.mark.timeout(180)
 def test_serve_search_main_runs_until_ctrl_c(tmp_path):
     """The `serve-search` entry point in its own process: prints its address, answers, stops on SIGINT."""
