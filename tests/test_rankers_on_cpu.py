@@ -115,26 +115,30 @@ def summarize_ctx(snippets=(GRAY, HILL, OTHER)) -> StepContext:
     return mk_ctx(notes=[NOTE_BOOK], snippets=snippets, queries=["The Sleeping Moon author", "Lucy Gray born"])
 
 
-def test_summary_copied_from_the_entity_snippet_beats_paraphrase_and_wrong_snippet():
-    copy, full, para, wrong, fragment = feats(
+def test_summary_copied_beats_restated_beats_wrong_snippet_beats_none_beats_made_up():
+    copy, full, para, wrong, fragment, made_up = feats(
         "summarize", summarize_ctx(),
         '"Gray was born and raised in Bolton. [link_id=4]"',
         '"Lucy Gray was born in 1937. [link_id=4]"',
-        '"Lucy Gray comes from Bolton. [link_id=4]"',
+        '"Lucy Gray comes from Bolton. [link_id=4]"',  # the snippet's fact in other words
         '"Anna Hill was born in Dover. [link_id=5]"',
         '"Lucy Gray. [link_id=4]"',
+        '"Lucy Gray comes from Dover. [link_id=4]"',  # Dover is in no cited snippet: made up
     )
-    assert copy["summary.copied"] == 1.0 and copy["summary.not_copied"] == 0.0
-    assert para["summary.copied"] == 0.0 and para["summary.not_copied"] == 1.0
-    assert fragment["summary.not_copied"] == 1.0  # a bare name is not a copied fact
+    assert copy["summary.copied"] == 1.0 and copy["summary.ungrounded"] == 0.0
+    assert para["summary.copied"] == 0.0 and para["summary.grounded"] == 1.0 and para["summary.ungrounded"] == 0.0
+    assert fragment["summary.ungrounded"] == 1.0  # a bare name is not a fact
+    assert made_up["summary.grounded"] == 0.0 and made_up["summary.ungrounded"] == 1.0
     assert copy["summary.names_query_entity"] == 0.5 and full["summary.names_query_entity"] == 1.0
-    assert para["summary.names_query_entity"] == 0.0  # only copied sentences count
+    assert para["summary.names_query_entity"] == 1.0 and made_up["summary.names_query_entity"] == 0.0
     assert copy["summary.cites_entity_snippet"] == 1.0 and wrong["summary.cites_entity_snippet"] == 0.0
     assert wrong["summary.off_entity"] == 1.0 and copy["summary.off_entity"] == 0.0
     assert copy["summary.names_new_entity"] == 1.0 and full["summary.names_new_entity"] == 0.0  # Bolton is new
     assert copy["summary.query_terms"] == 1.0  # "born"
-    assert weighted(copy) > weighted(full) > weighted(wrong) > weighted(para)
-    assert weighted(para) < weighted(feats("summarize", summarize_ctx(), "None")[0])  # made up < nothing
+    (none,) = feats("summarize", summarize_ctx(), "None")
+    # a restatement is worth having: trained on None instead, a policy learns to note nothing (README 'What mattered')
+    assert weighted(copy) > weighted(full) > weighted(para) > weighted(wrong) > weighted(none) > weighted(made_up)
+    assert weighted(fragment) < weighted(none)
 
 
 def test_summary_none_is_right_when_no_snippet_names_the_entity_or_the_search_was_off_track():

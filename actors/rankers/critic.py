@@ -19,8 +19,18 @@ on demonstrations, K=4, T=1.0, 326 episodes, 2 sampling seeds; steps with at lea
 two different parseable samples): the mean oracle score of the critic's pick vs a
 random pick vs the lowest-perplexity pick was 0.64-0.66 / 0.43-0.47 / 0.59 on
 decisions and 1.06-1.09 / 0.57-0.65 / 0.56-0.64 on summaries (best possible
-1.15-1.19); on answers and self-checks it was level with perplexity, above random. Features that are equal for every sample of a step (e.g. the query's words
-when summarizing) cannot change the ranking; they are there to be read.
+1.15-1.19); on answers and self-checks it was level with perplexity, above random.
+
+Restated summaries (``summary.grounded``): in the first default run (seed 0, T=1.0) a
+critic that scored only word-for-word copies picked None on 37% of summarize steps,
+on 30% although a snippet named the looked-up entity (the policy's own lowest-
+perplexity sample was None on 5%), and gen-1 L, trained on that, noted nothing and
+fell from 21% to 3%. A sentence whose every name and number is in a cited snippet
+now counts as a fact in other words: None picks went from 470 to 400 of 1,260 steps
+and the mean oracle score of the summary picks from 0.97 to 1.10 (best possible 1.30;
+perplexity 0.91, random 0.63). Features that are equal for every sample of a step
+(e.g. the query's words when summarizing) cannot change the ranking; they are there to
+be read.
 """
 
 from __future__ import annotations
@@ -67,10 +77,11 @@ WEIGHTS: dict[str, float] = {
     "summary.none_despite_match": -1.0,  # None although a snippet names its entity
     "summary.off_question": -3.0,  # a summary of a search that looks up no entity of the question or the notes
     "summary.copied": 3.0,  # share of its sentences (>= 4 words) copied word for word from a cited snippet
-    "summary.not_copied": -4.0,  # share of its sentences that are not (made up, garbled, fragments)
-    "summary.names_query_entity": 1.5,  # a copied sentence names its entity (0.5: only a word of its name)
-    "summary.names_new_entity": 1.5,  # a copied sentence names an entity beyond the question and queries
-    "summary.query_terms": 1.0,  # share of the query's other words (e.g. "born") in the copied sentences
+    "summary.grounded": 2.0,  # share of the others that restate one: every name and number in them is in it
+    "summary.ungrounded": -4.0,  # share of its sentences that are neither (made up, garbled, fragments)
+    "summary.names_query_entity": 1.5,  # a copied/restated sentence names its entity (0.5: only a word of its name)
+    "summary.names_new_entity": 1.5,  # a copied/restated sentence names an entity beyond the question and queries
+    "summary.query_terms": 1.0,  # share of the query's other words (e.g. "born") in the copied/restated sentences
     "summary.cites_entity_snippet": 1.0,  # cites a snippet whose title names its entity
     "summary.off_entity": -3.0,  # no cited snippet names its entity at all
     # answer; also the answer a relevance/grounding check keeps or revises to
@@ -298,8 +309,10 @@ def summary_features(summary: Summary, ctx: StepContext) -> dict[str, float]:
     cited = [s for s in ctx.snippets if s.link_id in summary.citations]
     sentences = [x for x in _SENTENCE.split(text) if words(x)]
     copied = [x for x in sentences if len(words(x)) >= MIN_COPIED_WORDS and any(names(s.text, x) for s in cited)]
+    grounded = [x for x in sentences if x not in copied and restates(x, cited)]
     share = len(copied) / len(sentences) if sentences else 0.0
-    copy = " ".join(copied)
+    g_share = len(grounded) / len(sentences) if sentences else 0.0
+    copy = " ".join(copied + grounded)
     seen = [ctx.question, *ctx.past_queries]
     new = [e for e in entities(copy) if not any(names(t, e) for t in seen)]
     entity_words = set(words(target or ""))
@@ -307,7 +320,8 @@ def summary_features(summary: Summary, ctx: StepContext) -> dict[str, float]:
     stems = {_stem(w) for w in words(copy)}
     out = {
         "summary.copied": share,
-        "summary.not_copied": 1.0 - share,
+        "summary.grounded": g_share,
+        "summary.ungrounded": 1.0 - share - g_share,
         "summary.names_new_entity": float(bool(new)),
         "summary.query_terms": sum(_stem(w) in stems for w in terms) / len(terms) if terms else 0.0,
     }
@@ -320,6 +334,12 @@ def summary_features(summary: Summary, ctx: StepContext) -> dict[str, float]:
         "summary.cites_entity_snippet": float(any(names(s.title, target) for s in cited)),
         "summary.off_entity": float(not any(names(f"{s.title} {s.text}", target) for s in cited)),
     }
+
+
+def restates(sentence: str, cited: list) -> bool:
+    """A fact in other words: at least two names or numbers, each of them in one cited snippet."""
+    found = entities(sentence) + [w for w in words(sentence) if w.isdigit()]
+    return len(found) >= 2 and any(all(names(f"{s.title} {s.text}", f) for f in found) for s in cited)
 
 
 def answer_features(answer: Answer, ctx: StepContext) -> dict[str, float]:
