@@ -5,7 +5,10 @@ the phases of a generation take turns (samplers sample while the learner idles, 
 learner trains while the samplers idle), so the embedded cluster declares at least the
 CPUs every actor of the run reserves at once, even on a 2-core machine. ``auto`` (a
 ``ray start``ed node or a ``ray job submit`` job), ``ray://HOST:10001`` (Ray Client) and
-a GCS ``HOST:PORT`` connect to a cluster whose resources are real, so the config must fit it.
+a GCS ``HOST:PORT`` connect to a cluster whose resources are real, so the config must fit it:
+``check_fits`` refuses a cluster too small for the actors a run holds at once (a plain
+``ray start --head`` on a 2-core laptop declares 2 CPUs; the toy run needs 3.5, and its
+learner's placement group would otherwise wait forever for the missing half CPU).
 """
 
 from __future__ import annotations
@@ -29,6 +32,30 @@ def peak_cpus(cfg: Config) -> float:
             + cfg.ranker.num_actors * cfg.ranker.num_cpus + cfg.learner.world_size * cfg.learner.num_cpus_per_rank)
 
 
+def least_resources(cfg: Config) -> dict[str, float]:
+    """CPUs and GPUs the run holds at its busiest moment that cannot wait: the rollout samplers, one
+    model's eval samplers, the search and ranker actors and the learner ranks (more eval pools run
+    side by side only when they fit, see ``ReSTLoop._eval_concurrency``)."""
+    r, k, lr = cfg.rest, cfg.ranker, cfg.learner
+    return {
+        "CPU": 2 * r.num_samplers * r.sampler_num_cpus + r.num_search_actors * r.search_num_cpus
+        + k.num_actors * k.num_cpus + lr.world_size * lr.num_cpus_per_rank,
+        "GPU": 2 * r.num_samplers * r.sampler_num_gpus + k.num_actors * k.num_gpus + lr.world_size * lr.num_gpus_per_rank,
+    }
+
+
+def check_fits(cfg: Config) -> None:
+    """A ConfigError naming what is short if the connected cluster cannot hold ``least_resources``."""
+    have = ray.cluster_resources()
+    for kind, need in least_resources(cfg).items():
+        if need > have.get(kind, 0.0) + 1e-9:
+            raise ConfigError(
+                f"the cluster has {have.get(kind, 0.0):g} {kind}s but this run holds {round(need, 3):g} at once "
+                f"(rollout and eval samplers, search, ranker and learner actors); start the head with "
+                f"`ray start --head --num-{kind.lower()}s {math.ceil(round(need, 3))}` (Ray's {kind}s are reservations, "
+                f"not cores) or lower rest.sampler_num_{kind.lower()}s / learner.num_{kind.lower()}s_per_rank")
+
+
 def connect(address: str | None, cfg: Config, dashboard: bool = True) -> str:
     """Start or join Ray; returns a one-line description (with the dashboard address if any)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -43,6 +70,7 @@ def connect(address: str | None, cfg: Config, dashboard: bool = True) -> str:
         where = f"embedded local cluster, {num_cpus} logical CPUs"
     else:
         ctx = ray.init(address=address, logging_level="WARNING")
+        check_fits(cfg)
         where = f"cluster at {address}"
     url = getattr(ctx, "dashboard_url", None)
     return f"ray: {where}" + (f"; dashboard http://{url}" if url else "")

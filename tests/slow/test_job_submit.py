@@ -65,7 +65,8 @@ def head():
     url = f"http://127.0.0.1:{ports['dashboard']}"
     try:
         _wait_for(lambda: _get(f"{url}/api/version"), 240, "the head's dashboard")
-        yield {"url": url, "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics", "temp_dir": temp_dir}
+        yield {"url": url, "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics", "temp_dir": temp_dir,
+               "gcs": f"127.0.0.1:{ports['gcs']}"}
     finally:
         _stop(proc, temp_dir)
         log.close()
@@ -142,3 +143,16 @@ def test_job_submit_runs_rest_and_exports_metrics(head, tmp_path):
     assert sum(episodes) == 6.0  # 6 questions x 1 trajectory
     steps = [float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith("ray_rest_react_learner_loss_count{")]
     assert sum(steps) >= 3  # L, S and XS fine-tuned at least one step each
+
+
+def test_a_run_too_big_for_the_cluster_is_refused_at_once_not_left_waiting(head, tmp_path):
+    """The head declares 2 CPUs; samplers of 1 CPU each make the run need 4.7 at once: one line, exit 2."""
+    sets = smoke_overrides(smoke_policy(), **{"world.dir": str(WORLD), "rest.sampler_num_cpus": 1.0})
+    cmd = [sys.executable, "-m", "rest", "run", "--config", str(SMOKE), *sum((["--set", s] for s in sets), []),
+           "--name", "too-big", "--runs-dir", str(tmp_path / "runs"), "--address", head["gcs"], "--no-progress"]
+    out = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the cluster has 2 CPUs but this run holds 4.7 at once"), out.stderr
+    assert "ray start --head --num-cpus 5" in last
+    assert not (tmp_path / "runs" / "too-big" / "batch").exists()
