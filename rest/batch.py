@@ -97,14 +97,15 @@ def best_usable(step: Step) -> int | None:
     return max(candidates, key=lambda i: (scores[i], -step.samples[i].mean_nll, -i))
 
 
-def step_records(gen: int, traj: Trajectory) -> list[dict[str, Any]]:
-    """One record per LLM step of ``traj`` that has a usable sample (see ``best_usable``)."""
+def step_records(gen: int, traj: Trajectory, min_score: float | None = None) -> list[dict[str, Any]]:
+    """One record per LLM step of ``traj`` that has a usable sample (see ``best_usable``) scoring at
+    least ``min_score`` (ReST's Improve-step threshold; None: no threshold)."""
     out = []
     for index, step in enumerate(traj.steps):
         if not step.is_llm or not step.samples:
             continue
         chosen = best_usable(step)
-        if chosen is None:
+        if chosen is None or (min_score is not None and step.scores and step.scores[chosen] < min_score):
             continue
         out.append({
             "gen": gen,

@@ -121,11 +121,14 @@ class ModelsConfig:
     )
 
 
+RankerKind = Literal["critic", "llm-judge", "oracle", "random"]
+
+
 @dataclass
 class RankerConfig:
     """AI feedback: which ranker scores every LLM step's K samples."""
 
-    kind: Literal["critic", "llm-judge", "oracle", "random"] = _f(
+    kind: RankerKind = _f(
         "critic", "critic: label-free heuristics (default); llm-judge: the paper's ranking prompt; "
         "oracle: gold facts (toy world ablation ceiling); random: control."
     )
@@ -136,6 +139,10 @@ class RankerConfig:
     judge_backend: Literal["hf", "vllm"] = _f("hf", "llm-judge: inference engine of the judge.")
     judge_max_new_tokens: int = _f(96, "llm-judge: token cap of the explanation + best + ranking.", min=8)
     seed: int = _f(0, "Seed of the random ranker and of tie-breaking.")
+    min_score: dict[RankerKind, float] = _f(
+        {}, "Per ranker kind, the lowest score a step's chosen sample may have to become a training example "
+        "(ReST's Improve threshold), e.g. {critic: 2.0}; kinds not named keep every step."
+    )
 
 
 @dataclass

@@ -195,12 +195,15 @@ class ReSTLoop:
     def store(self, gen: int) -> dict[str, Any]:
         """The best sample of every LLM step, appended to the growing batch as generation ``gen``."""
         trajectories = [Trajectory.from_dict(t) for t in read_jsonl(self.run.trajectories(gen))]
-        records = [r for t in trajectories for r in step_records(gen, t)]
+        min_score = self.cfg.ranker.min_score.get(self.cfg.ranker.kind)
+        records = [r for t in trajectories for r in step_records(gen, t, min_score)]
         kept = {(r["trajectory_id"], r["step_index"]) for r in records}
         self._no_leakage(f"gen {gen} store", self.held_out.check_trajectories(trajectories, kept))
+        usable = sum(len(step_records(gen, t)) for t in trajectories)
         llm_steps = sum(len(t.llm_steps()) for t in trajectories)
         self.batch.write_gen(gen, records)
-        return {"records": len(records), "steps_without_usable_sample": llm_steps - len(records),
+        return {"records": len(records), "steps_without_usable_sample": llm_steps - usable,
+                "below_min_score": usable - len(records),
                 "batch_records": len(self.batch.all(upto=gen)), "leakage_checked_records": len(records)}
 
     def finetune(self, gen: int) -> dict[str, Any]:

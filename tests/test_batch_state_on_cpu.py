@@ -52,6 +52,17 @@ def test_records_take_the_rankers_best_and_never_an_unparsed_sample():
     assert to_example(decision).prompt == "decision prompt"
 
 
+def test_a_min_score_keeps_steps_whose_chosen_sample_scored_below_it_out_of_the_batch():
+    # chosen scores: decision 0.8 (sample 2), answer 1.0 (sample 1, the ranker's pick did not parse)
+    assert [r["step_kind"] for r in step_records(1, _traj(), min_score=0.9)] == ["answer"]
+    assert [r["step_kind"] for r in step_records(1, _traj(), min_score=0.8)] == ["decision", "answer"]
+    assert step_records(1, _traj(), min_score=1.5) == []
+    unscored = _traj()
+    for step in unscored.steps:
+        step.scores = None
+    assert len(step_records(1, unscored, min_score=5.0)) == 2  # no scores (no ranker yet): nothing to compare
+
+
 def test_best_usable_falls_back_without_a_ranker():
     step = _step("decision", [" a", " b"], [True, True], scores=None, best=None)
     step.samples[1].sum_logprob = -0.1  # lower NLL wins the tie
