@@ -152,7 +152,7 @@ def test_ranker_actors_rank_every_llm_step(cluster, world, rollout):
 class _HungSearch:
     """A search actor that stops answering (a wedged server): it holds each call for a minute."""
 
-    def search(self, queries, topk):
+    def search(self, queries, topk, hide_held_out=False):
         time.sleep(60)
 
 
