@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import threading
 import time
 import zlib
 from collections import Counter
@@ -69,6 +70,7 @@ class ReSTLoop:
             self.train.questions = self.train.questions[: cfg.rest.max_train_questions]
         self._fitted_policy: int | None = None  # generation whose L weights the learner holds
         self._weights: dict[int, tuple[ray.ObjectRef, str]] = {}
+        self._weights_lock = threading.Lock()  # samplers start in parallel threads (see _checkpoint_weights)
         self._actors = itertools.count(1)
 
     # ================================================================ the algorithm
@@ -416,17 +418,18 @@ class ReSTLoop:
 
     def _checkpoint_weights(self, version: int) -> tuple[ray.ObjectRef, str]:
         """L's gen-``version`` checkpoint as the learner broadcasts it (object ref, checksum), cached."""
-        if version not in self._weights:
-            from transformers import AutoModelForCausalLM
+        with self._weights_lock:  # one load: transformers' loading is not thread-safe (two at once gave
+            if version not in self._weights:  # "Cannot copy out of meta tensor" on a resumed gen 2)
+                from transformers import AutoModelForCausalLM
 
-            from learner.broadcast import weights_checksum
-            from learner.rank import unique_state
+                from learner.broadcast import weights_checksum
+                from learner.rank import unique_state
 
-            model = AutoModelForCausalLM.from_pretrained(str(self.run.checkpoint("L", version)), dtype="auto",
-                                                         use_safetensors=True)
-            state = unique_state(model)
-            self._weights[version] = (ray.put(state), weights_checksum(state))
-        return self._weights[version]
+                model = AutoModelForCausalLM.from_pretrained(str(self.run.checkpoint("L", version)), dtype="auto",
+                                                             use_safetensors=True)
+                state = unique_state(model)
+                self._weights[version] = (ray.put(state), weights_checksum(state))
+            return self._weights[version]
 
     def _get(self, refs: list, what: str) -> list:
         try:
