@@ -97,15 +97,22 @@ def best_usable(step: Step) -> int | None:
     return max(candidates, key=lambda i: (scores[i], -step.samples[i].mean_nll, -i))
 
 
+def clears(record: dict[str, Any], min_score: float | None) -> bool:
+    """Whether a record's chosen sample scores at least ``min_score`` (ReST's Improve-step threshold;
+    None, or a step no ranker scored, always clears)."""
+    scores = record["scores"]
+    return min_score is None or not scores or scores[record["chosen"]] >= min_score
+
+
 def step_records(gen: int, traj: Trajectory, min_score: float | None = None) -> list[dict[str, Any]]:
-    """One record per LLM step of ``traj`` that has a usable sample (see ``best_usable``) scoring at
-    least ``min_score`` (ReST's Improve-step threshold; None: no threshold)."""
+    """One record per LLM step of ``traj`` that has a usable sample (see ``best_usable``) that
+    ``clears`` ``min_score``."""
     out = []
     for index, step in enumerate(traj.steps):
         if not step.is_llm or not step.samples:
             continue
         chosen = best_usable(step)
-        if chosen is None or (min_score is not None and step.scores and step.scores[chosen] < min_score):
+        if chosen is None:
             continue
         out.append({
             "gen": gen,
@@ -121,7 +128,7 @@ def step_records(gen: int, traj: Trajectory, min_score: float | None = None) -> 
             "continued": step.chosen,
             "policy_version": step.policy_version,
         })
-    return out
+    return [r for r in out if clears(r, min_score)]
 
 
 def to_example(record: dict[str, Any]) -> SFTExample:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from agent.trajectory import Question, Trajectory
 from evals.datasets import Dataset, read_dataset
 from evals.qa import check_judge, write_result
-from rest.batch import GrowingBatch, read_jsonl, step_records, write_jsonl
+from rest.batch import GrowingBatch, clears, read_jsonl, step_records, write_jsonl
 from rest.config import Config
 from rest.evaluation import score, trajectory_counters
 from rest.leakage import HeldOut
@@ -197,16 +197,15 @@ class ReSTLoop:
     def store(self, gen: int) -> dict[str, Any]:
         """The best sample of every LLM step, appended to the growing batch as generation ``gen``."""
         trajectories = [Trajectory.from_dict(t) for t in read_jsonl(self.run.trajectories(gen))]
+        usable = [r for t in trajectories for r in step_records(gen, t)]
         min_score = self.cfg.ranker.min_score.get(self.cfg.ranker.kind)
-        records = [r for t in trajectories for r in step_records(gen, t, min_score)]
+        records = [r for r in usable if clears(r, min_score)]
         kept = {(r["trajectory_id"], r["step_index"]) for r in records}
         self._no_leakage(f"gen {gen} store", self.held_out.check_trajectories(trajectories, kept))
-        usable = sum(len(step_records(gen, t)) for t in trajectories)
         llm_steps = sum(len(t.llm_steps()) for t in trajectories)
         self.batch.write_gen(gen, records)
-        return {"records": len(records), "steps_without_usable_sample": llm_steps - usable,
-                "below_min_score": usable - len(records),
-                "batch_records": len(self.batch.all(upto=gen)), "leakage_checked_records": len(records)}
+        return {"records": len(records), "steps_without_usable_sample": llm_steps - len(usable),
+                "below_min_score": len(usable) - len(records), "batch_records": len(self.batch.all(upto=gen))}
 
     def finetune(self, gen: int) -> dict[str, Any]:
         """L fine-tunes from its starting checkpoint on every record of generations 1..gen."""
