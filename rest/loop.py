@@ -19,6 +19,7 @@ the gen-(k-1) policy (version k-1), so each generation still improves on the las
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import sys
@@ -280,19 +281,21 @@ class ReSTLoop:
     # ================================================================ helpers of the phases
 
     @cached_property
+    def _eval_datasets(self) -> list[Dataset]:
+        """The eval datasets in full, read once."""
+        return [read_dataset(name, self.cfg.world.dir or None) for name in self.cfg.rest.eval_datasets]
+
+    @property
     def eval_sets(self) -> list[Dataset]:
         """The eval datasets, cut to ``eval.limit`` questions when it is set."""
-        datasets = [read_dataset(name, self.cfg.world.dir or None) for name in self.cfg.rest.eval_datasets]
-        if self.cfg.eval.limit:
-            for d in datasets:
-                d.questions = d.questions[: self.cfg.eval.limit]
-        return datasets
+        limit = self.cfg.eval.limit or None
+        return [dataclasses.replace(d, questions=d.questions[:limit]) for d in self._eval_datasets]
 
     @cached_property
     def held_out(self) -> HeldOut:
         """What no training example may contain (``rest.leakage``): every eval question in full, not only
         the ``eval.limit`` evaluated."""
-        return HeldOut.of(read_dataset(name, self.cfg.world.dir or None) for name in self.cfg.rest.eval_datasets)
+        return HeldOut.of(self._eval_datasets)
 
     def _hidden_passages(self) -> int:
         """Held-out passages the search actors have kept from rollouts so far."""
@@ -321,8 +324,6 @@ class ReSTLoop:
 
     def _evaluate_model(self, gen: int, model: str, path: str, datasets: list[Dataset]) -> list:
         """``model`` on ``datasets``: questions split into tasks across eval sampler actors (greedy)."""
-        import dataclasses
-
         cfg = dataclasses.replace(self.cfg)
         cfg.agent = dataclasses.replace(cfg.agent, temperature=cfg.eval.temperature, k_samples=cfg.eval.k_samples)
         cfg.rest = dataclasses.replace(cfg.rest, continue_with="perplexity")
