@@ -24,24 +24,28 @@ from rest.config import Config, ConfigError
 ACTOR_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
 
 
+def reserved(cfg: Config, eval_pools: int) -> dict[str, float]:
+    """CPUs and GPUs the run's actors reserve with ``eval_pools`` eval sampler pools alive beside the
+    rollout samplers, the search and ranker actors and the learner ranks."""
+    r, k, lr = cfg.rest, cfg.ranker, cfg.learner
+    pools = 1 + eval_pools
+    return {
+        "CPU": pools * r.num_samplers * r.sampler_num_cpus + r.num_search_actors * r.search_num_cpus
+        + k.num_actors * k.num_cpus + lr.world_size * lr.num_cpus_per_rank,
+        "GPU": pools * r.num_samplers * r.sampler_num_gpus + k.num_actors * k.num_gpus
+        + lr.world_size * lr.num_gpus_per_rank,
+    }
+
+
 def peak_cpus(cfg: Config) -> float:
-    """CPUs reserved when every actor of a run is alive at once (rollout samplers + every model's eval samplers)."""
-    r = cfg.rest
-    models = 1 + len(cfg.models.students)
-    return ((1 + models) * r.num_samplers * r.sampler_num_cpus + r.num_search_actors * r.search_num_cpus
-            + cfg.ranker.num_actors * cfg.ranker.num_cpus + cfg.learner.world_size * cfg.learner.num_cpus_per_rank)
+    """CPUs reserved when every actor of a run is alive at once (every model's eval pool side by side)."""
+    return reserved(cfg, eval_pools=1 + len(cfg.models.students))["CPU"]
 
 
 def least_resources(cfg: Config) -> dict[str, float]:
-    """CPUs and GPUs the run holds at its busiest moment that cannot wait: the rollout samplers, one
-    model's eval samplers, the search and ranker actors and the learner ranks (more eval pools run
-    side by side only when they fit, see ``ReSTLoop._eval_concurrency``)."""
-    r, k, lr = cfg.rest, cfg.ranker, cfg.learner
-    return {
-        "CPU": 2 * r.num_samplers * r.sampler_num_cpus + r.num_search_actors * r.search_num_cpus
-        + k.num_actors * k.num_cpus + lr.world_size * lr.num_cpus_per_rank,
-        "GPU": 2 * r.num_samplers * r.sampler_num_gpus + k.num_actors * k.num_gpus + lr.world_size * lr.num_gpus_per_rank,
-    }
+    """What the run cannot do without: one model's eval pool at a time (more run side by side only
+    when they fit, see ``ReSTLoop._eval_concurrency``)."""
+    return reserved(cfg, eval_pools=1)
 
 
 def check_fits(cfg: Config) -> None:
