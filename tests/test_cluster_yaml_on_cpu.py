@@ -41,3 +41,15 @@ def test_an_unknown_key_is_rejected(cluster, where):
         bad["available_node_types"]["gpu_worker"]["gpus"] = 4
     with pytest.raises(jsonschema.ValidationError, match="Additional properties are not allowed"):
         validate_config(prepare_config(bad))
+
+
+def test_reservations_of_the_toy_run_at_its_peak_and_at_its_least():
+    """2 samplers x 0.5 per pool, search 0.25, ranker 0.25, 2 learner ranks x 0.5 (configs/toy.yaml)."""
+    from rest.cluster import least_resources, peak_cpus
+    from rest.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "toy.yaml", ["models.students={S: a, XS: b}"])
+    assert least_resources(cfg) == {"CPU": 3.5, "GPU": 0.0}  # rollout pool + one eval pool
+    assert peak_cpus(cfg) == 5.5  # rollout pool + an eval pool for each of L, S and XS
+    gpus = load_config(ROOT / "configs" / "toy.yaml", ["rest.sampler_num_gpus=0.5", "learner.num_gpus_per_rank=1"])
+    assert least_resources(gpus)["GPU"] == 4.0
