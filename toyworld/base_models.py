@@ -80,6 +80,7 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
         torch.set_num_threads(1)
         transformers.utils.logging.disable_progress_bar()
         from learner.trainer import train
+        from toyworld.drill import copy_drill
         from toyworld.modelzoo import count_params, init_model
 
         logger = logging.getLogger("learner.trainer")
@@ -92,8 +93,6 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
             model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32, use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(init_dir)
         before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        from toyworld.drill import copy_drill
-
         drilled = None
         if drill is not None:
             data = copy_drill(tokenizer, drill.max_steps * drill.batch_size, seed=init_seed)
