@@ -186,6 +186,9 @@ class RestConfig:
     sampler_num_cpus: float = _f(0.5, "CPUs reserved per sampler actor.", min=0.0)
     sampler_num_gpus: float = _f(0.0, "GPUs per sampler actor.", min=0.0)
     questions_per_task: int = _f(32, "Question ids per sampler call (the unit of work and of retry).", min=1)
+    distinct_examples: bool = _f(
+        True, "Fine-tune on each (prompt, target) of the growing batch once (repeats add weight, not information)."
+    )
     continue_with: Literal["perplexity", "ranker"] = _f(
         "perplexity", "Which sample a rollout continues with: lowest perplexity (paper) or the ranker's pick."
     )

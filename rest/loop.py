@@ -39,7 +39,7 @@ from tqdm import tqdm
 from agent.trajectory import Question, Trajectory
 from evals.datasets import Dataset, read_dataset
 from evals.qa import check_judge, write_result
-from rest.batch import GrowingBatch, clears, read_jsonl, step_records, write_jsonl
+from rest.batch import GrowingBatch, clears, distinct_examples, read_jsonl, step_records, write_jsonl
 from rest.config import Config
 from rest.evaluation import score, trajectory_counters
 from rest.leakage import HeldOut
@@ -213,13 +213,14 @@ class ReSTLoop:
         out = self.run.checkpoint("L", gen)
         if _is_checkpoint(out):  # saved before a crash, not yet marked: keep it
             return {"checkpoint": str(out), "kept": True}
-        examples = self.batch.examples(upto=gen)
+        every = self.batch.examples(upto=gen)
+        examples = distinct_examples(every) if self.cfg.rest.distinct_examples else every
         if not examples:
             raise RunError(f"gen {gen} finetune: the growing batch has no examples (no sampled step parsed; "
                            f"see {self.run.trajectories(gen)})")
         fit = self.learner.fit(self.cfg.models.policy, examples, str(out), seed=self._seed(gen, "fit-L"), name="L")
         self._fitted_policy = gen
-        return self._fit_counters(fit)
+        return {**self._fit_counters(fit), "repeats_dropped": len(every) - len(examples)}
 
     def broadcast(self, gen: int) -> dict[str, Any]:
         """The gen-``gen`` L weights go to every sampler as version ``gen``, checked by checksum."""
@@ -241,13 +242,14 @@ class ReSTLoop:
     def distil(self, gen: int) -> dict[str, Any]:
         """Each student fine-tunes from its base on the same records as L."""
         out: dict[str, Any] = {}
+        examples = None  # read once, on the first student that needs them
         for name, start in self.cfg.models.students.items():
             ckpt = self.run.checkpoint(name, gen)
             if _is_checkpoint(ckpt):
                 out[name] = {"checkpoint": str(ckpt), "kept": True}
                 continue
-            fit = self.learner.fit(start, self.batch.examples(upto=gen), str(ckpt),
-                                   seed=self._seed(gen, f"fit-{name}"), name=name)
+            examples = examples or self.batch.examples(upto=gen, distinct=self.cfg.rest.distinct_examples)
+            fit = self.learner.fit(start, examples, str(ckpt), seed=self._seed(gen, f"fit-{name}"), name=name)
             self._fitted_policy = None
             out[name] = self._fit_counters(fit)
         return {"students": out}

@@ -90,6 +90,21 @@ def test_batch_is_per_generation_atomic_and_rewrites_without_duplicates(tmp_path
     assert sorted(os.listdir(tmp_path / "batch")) == ["gen-1.jsonl", "gen-2.jsonl"]
 
 
+def test_distinct_examples_train_each_prompt_and_target_once_in_first_seen_order(tmp_path):
+    batch = GrowingBatch(tmp_path / "batch")
+    batch.write_gen(1, step_records(1, _traj("q1")))
+    retraced = step_records(2, _traj("q1", j=1, version=1))  # the same steps again, another trajectory
+    other = step_records(2, _traj("q1", j=2, version=1))
+    other[0]["chosen"] = 0  # the same decision prompt, another target: a different example
+    batch.write_gen(2, retraced + other)
+    every = batch.examples()
+    assert len(every) == 6
+    distinct = batch.examples(distinct=True)
+    assert [(e.prompt, e.completion) for e in distinct] == [
+        ("decision prompt", ' Search("b")\n'), ("answer prompt", ' "Paris"\n'), ("decision prompt", ' Search("a")\n')]
+    assert batch.examples(upto=1, distinct=True) == every[:2]
+
+
 def test_a_crash_while_writing_keeps_the_old_generation(tmp_path, monkeypatch):
     batch = GrowingBatch(tmp_path)
     batch.write_gen(1, step_records(1, _traj("q1")))
