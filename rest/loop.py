@@ -11,7 +11,8 @@ Where the fine-tunes start (a choice, documented here and in the README): the pa
 grows the batch (gen 2 trains on the gen-1 and gen-2 trajectories together) and
 fine-tunes L on it, then distils S and XS "on the same data". We start every
 generation's fine-tune of a model from that model's *starting* checkpoint (L: the warm
-start, a student: its base) on ALL records so far, as ReST-EM does: continuing from
+start, a student: its base) on ALL records so far (each distinct (prompt, target) once,
+``rest.distinct_examples``), as ReST-EM does: continuing from
 the previous generation's checkpoint would train twice on the older generations'
 examples, overweighting them as the batch grows. Rollouts of generation k come from
 the gen-(k-1) policy (version k-1), so each generation still improves on the last.

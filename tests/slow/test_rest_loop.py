@@ -71,7 +71,10 @@ def test_smoke_run_end_to_end_object_store(cluster, runs, policy):
     _check_complete(run, report)
     state = RunState.load(run.state)
     assert state.done["1/broadcast"]["transport"] == "object_store"
-    assert state.done["1/finetune"]["examples"] == len(GrowingBatch(run.batch).all())
+    batch = GrowingBatch(run.batch)
+    fit = state.done["1/finetune"]
+    assert fit["examples"] == len(batch.examples(distinct=True))
+    assert fit["examples"] + fit["repeats_dropped"] == len(batch.all())
 
 
 def test_collective_transport_and_a_sampler_killed_mid_rollout(cluster, runs, policy):
