@@ -184,10 +184,8 @@ class GrowingBatch:
         """Every record of generations 1..``upto`` (default: all stored), in generation order."""
         return [r for g in self.gens() if upto is None or g <= upto for r in self.read_gen(g)]
 
-    def examples(self, upto: int | None = None, distinct: bool = False) -> list[SFTExample]:
-        """The training examples of generations 1..``upto``; ``distinct``: each (prompt, completion) once."""
-        examples = [to_example(r) for r in self.all(upto)]
-        return distinct_examples(examples) if distinct else examples
+    def examples(self, upto: int | None = None) -> list[SFTExample]:
+        return [to_example(r) for r in self.all(upto)]
 
 
 def distinct_examples(examples: Sequence[SFTExample]) -> list[SFTExample]:

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from agent.trajectory import Question, Trajectory
 from evals.datasets import Dataset, read_dataset
 from evals.qa import check_judge, write_result
+from learner.data import SFTExample
 from rest.batch import GrowingBatch, clears, distinct_examples, read_jsonl, step_records, write_jsonl
 from rest.config import Config
 from rest.evaluation import score, trajectory_counters
@@ -72,6 +73,7 @@ class ReSTLoop:
             self.train.questions = self.train.questions[: cfg.rest.max_train_questions]
         self._fitted_policy: int | None = None  # generation whose L weights the learner holds
         self._weights: dict[int, tuple[ray.ObjectRef, str]] = {}
+        self._examples_of: tuple[int | None, list, int] = (None, [], 0)  # see _training_examples
         self._weights_lock = threading.Lock()  # samplers start in parallel threads (see _checkpoint_weights)
         self._actors = itertools.count(1)
 
@@ -214,14 +216,13 @@ class ReSTLoop:
         out = self.run.checkpoint("L", gen)
         if _is_checkpoint(out):  # saved before a crash, not yet marked: keep it
             return {"checkpoint": str(out), "kept": True}
-        every = self.batch.examples(upto=gen)
-        examples = distinct_examples(every) if self.cfg.rest.distinct_examples else every
+        examples, repeats = self._training_examples(gen)
         if not examples:
             raise RunError(f"gen {gen} finetune: the growing batch has no examples (no sampled step parsed; "
                            f"see {self.run.trajectories(gen)})")
         fit = self.learner.fit(self.cfg.models.policy, examples, str(out), seed=self._seed(gen, "fit-L"), name="L")
         self._fitted_policy = gen
-        return {**self._fit_counters(fit), "repeats_dropped": len(every) - len(examples)}
+        return {**self._fit_counters(fit), "repeats_dropped": repeats}
 
     def broadcast(self, gen: int) -> dict[str, Any]:
         """The gen-``gen`` L weights go to every sampler as version ``gen``, checked by checksum."""
@@ -243,13 +244,12 @@ class ReSTLoop:
     def distil(self, gen: int) -> dict[str, Any]:
         """Each student fine-tunes from its base on the same records as L."""
         out: dict[str, Any] = {}
-        examples = None  # read once, on the first student that needs them
         for name, start in self.cfg.models.students.items():
             ckpt = self.run.checkpoint(name, gen)
             if _is_checkpoint(ckpt):
                 out[name] = {"checkpoint": str(ckpt), "kept": True}
                 continue
-            examples = examples or self.batch.examples(upto=gen, distinct=self.cfg.rest.distinct_examples)
+            examples, _ = self._training_examples(gen)
             fit = self.learner.fit(start, examples, str(ckpt), seed=self._seed(gen, f"fit-{name}"), name=name)
             self._fitted_policy = None
             out[name] = self._fit_counters(fit)
@@ -282,6 +282,16 @@ class ReSTLoop:
         return {"evals": len(report["evals"]), "plots": len(report["plots"])}
 
     # ================================================================ helpers of the phases
+
+    def _training_examples(self, gen: int) -> tuple[list[SFTExample], int]:
+        """What every model of generation ``gen`` trains on, and how many repeats were left out: the
+        growing batch up to ``gen``, each (prompt, target) once if ``rest.distinct_examples``.
+        Read once per generation (L and the students share it); only the latest is kept."""
+        if self._examples_of[0] != gen:
+            every = self.batch.examples(upto=gen)
+            examples = distinct_examples(every) if self.cfg.rest.distinct_examples else every
+            self._examples_of = (gen, examples, len(every) - len(examples))
+        return self._examples_of[1], self._examples_of[2]
 
     @cached_property
     def _eval_datasets(self) -> list[Dataset]:

@@ -9,7 +9,7 @@ import pytest
 
 from agent.trajectory import Sample, Step, Trajectory
 from evals.datasets import Dataset
-from rest.batch import BatchError, GrowingBatch, best_usable, step_records, to_example
+from rest.batch import BatchError, GrowingBatch, best_usable, distinct_examples, step_records, to_example
 from rest.cli import main
 from rest.config import ConfigError, load_config
 from rest.evaluation import score, trajectory_counters
@@ -99,10 +99,10 @@ def test_distinct_examples_train_each_prompt_and_target_once_in_first_seen_order
     batch.write_gen(2, retraced + other)
     every = batch.examples()
     assert len(every) == 6
-    distinct = batch.examples(distinct=True)
+    distinct = distinct_examples(every)
     assert [(e.prompt, e.completion) for e in distinct] == [
         ("decision prompt", ' Search("b")\n'), ("answer prompt", ' "Paris"\n'), ("decision prompt", ' Search("a")\n')]
-    assert batch.examples(upto=1, distinct=True) == every[:2]
+    assert distinct_examples(batch.examples(upto=1)) == every[:2]
 
 
 def test_a_crash_while_writing_keeps_the_old_generation(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from rest.batch import GrowingBatch, read_jsonl
+from rest.batch import GrowingBatch, distinct_examples, read_jsonl
 from rest.config import load_config
 from rest.loop import ReSTLoop
 from rest.run_dir import open_run
@@ -73,7 +73,7 @@ def test_smoke_run_end_to_end_object_store(cluster, runs, policy):
     assert state.done["1/broadcast"]["transport"] == "object_store"
     batch = GrowingBatch(run.batch)
     fit = state.done["1/finetune"]
-    assert fit["examples"] == len(batch.examples(distinct=True))
+    assert fit["examples"] == len(distinct_examples(batch.examples()))
     assert fit["examples"] + fit["repeats_dropped"] == len(batch.all())
 
 
