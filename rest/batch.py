@@ -104,9 +104,8 @@ def clears(record: dict[str, Any], min_score: float | None) -> bool:
     return min_score is None or not scores or scores[record["chosen"]] >= min_score
 
 
-def step_records(gen: int, traj: Trajectory, min_score: float | None = None) -> list[dict[str, Any]]:
-    """One record per LLM step of ``traj`` that has a usable sample (see ``best_usable``) that
-    ``clears`` ``min_score``."""
+def step_records(gen: int, traj: Trajectory) -> list[dict[str, Any]]:
+    """One record per LLM step of ``traj`` that has a usable sample (see ``best_usable``)."""
     out = []
     for index, step in enumerate(traj.steps):
         if not step.is_llm or not step.samples:
@@ -128,7 +127,7 @@ def step_records(gen: int, traj: Trajectory, min_score: float | None = None) -> 
             "continued": step.chosen,
             "policy_version": step.policy_version,
         })
-    return [r for r in out if clears(r, min_score)]
+    return out
 
 
 def to_example(record: dict[str, Any]) -> SFTExample:

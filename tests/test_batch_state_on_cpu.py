@@ -9,7 +9,15 @@ import pytest
 
 from agent.trajectory import Sample, Step, Trajectory
 from evals.datasets import Dataset
-from rest.batch import BatchError, GrowingBatch, best_usable, distinct_examples, step_records, to_example
+from rest.batch import (
+    BatchError,
+    GrowingBatch,
+    best_usable,
+    clears,
+    distinct_examples,
+    step_records,
+    to_example,
+)
 from rest.cli import main
 from rest.config import ConfigError, load_config
 from rest.evaluation import score, trajectory_counters
@@ -54,13 +62,17 @@ def test_records_take_the_rankers_best_and_never_an_unparsed_sample():
 
 def test_a_min_score_keeps_steps_whose_chosen_sample_scored_below_it_out_of_the_batch():
     # chosen scores: decision 0.8 (sample 2), answer 1.0 (sample 1, the ranker's pick did not parse)
-    assert [r["step_kind"] for r in step_records(1, _traj(), min_score=0.9)] == ["answer"]
-    assert [r["step_kind"] for r in step_records(1, _traj(), min_score=0.8)] == ["decision", "answer"]
-    assert step_records(1, _traj(), min_score=1.5) == []
+    def kept(traj, min_score):
+        return [r for r in step_records(1, traj) if clears(r, min_score)]
+
+    assert [r["step_kind"] for r in kept(_traj(), 0.9)] == ["answer"]
+    assert [r["step_kind"] for r in kept(_traj(), 0.8)] == ["decision", "answer"]
+    assert kept(_traj(), 1.5) == []
+    assert len(kept(_traj(), None)) == 2  # no threshold
     unscored = _traj()
     for step in unscored.steps:
         step.scores = None
-    assert len(step_records(1, unscored, min_score=5.0)) == 2  # no scores (no ranker yet): nothing to compare
+    assert len(kept(unscored, 5.0)) == 2  # no scores (no ranker yet): nothing to compare
 
 
 def test_best_usable_falls_back_without_a_ranker():
