@@ -64,6 +64,7 @@ def make_run(root: Path, *, generations_done: int = 1, ranker: str = "critic") -
                  rest=RestConfig(generations=2, train_dataset=str(data / "train.jsonl"),
                                  eval_datasets=[str(data / "test-questions.jsonl")]))
     cfg.ranker.kind = ranker
+    cfg.ranker.min_score = {"critic": 2.0}
     run.root.mkdir(parents=True)
     run.config.write_text(config_yaml(cfg))
     state = RunState.load(run.state)
@@ -233,7 +234,10 @@ def test_ablation_rows_and_the_cli(tmp_path, capsys):
     rows = json.loads(base.report.read_text())["ablations"]
     assert [(r["run"], r["ranker"], r["gen"]) for r in rows] == [("critic", "critic", 1), ("random", "random", 1)]
     assert rows[0]["accuracy"] == {"L": 1.0, "S": 1.0, "XS": 0.5} and rows[0]["ranker_agreement"] == 0.75
-    assert "Ablations" in (base.root / "report.html").read_text()
+    # the threshold in effect is the one for the row's own ranker kind (random has none by default)
+    assert [(r["min_score"], r["self_checks"]) for r in rows] == [(2.0, True), (None, True)]
+    html = (base.root / "report.html").read_text()
+    assert "Ablations" in html and ">threshold</th>" in html and ">self-checks</th>" in html
 
     with pytest.raises(ReportError, match="not a run dir"):
         collect(tmp_path / "nowhere")
