@@ -117,9 +117,14 @@ def setup(cfg: Config) -> dict[str, Any]:
             "temperature": cfg.agent.temperature, "trajectories_per_question": cfg.rest.trajectories_per_question,
             "generations": cfg.rest.generations, "train_dataset": cfg.rest.train_dataset,
             "max_train_questions": cfg.rest.max_train_questions, "eval_datasets": cfg.rest.eval_datasets,
-            "min_score": cfg.ranker.min_score.get(cfg.ranker.kind),
+            "min_score": cfg.ranker.threshold,
             "prompt_style": cfg.agent.prompt_style, "self_checks": cfg.agent.self_checks,
             "policy": cfg.models.policy, "students": cfg.models.students, "world": cfg.world.dir}
+
+
+#: the ``setup`` entries an ablation row shows: the settings the ablations vary
+ABLATION_KNOBS = ("ranker", "min_score", "continue_with", "self_checks", "k_samples", "temperature",
+                  "trajectories_per_question")
 
 
 def ablation_row(root: str | Path) -> dict[str, Any]:
@@ -130,10 +135,8 @@ def ablation_row(root: str | Path) -> dict[str, Any]:
     main = base["evals"][0]["dataset"] if base["evals"] else ""  # the first eval dataset, by its display name
     acc = {e["model"]: e["accuracy"] for e in base["evals"] if e["gen"] == last and e["dataset"] == main}
     rank = state.done.get(f"{last}/rank", {})
-    return {"run": run.name, "ranker": cfg.ranker.kind, "min_score": cfg.ranker.min_score.get(cfg.ranker.kind),
-            "continue_with": cfg.rest.continue_with, "self_checks": cfg.agent.self_checks,
-            "k_samples": cfg.agent.k_samples, "temperature": cfg.agent.temperature,
-            "trajectories_per_question": cfg.rest.trajectories_per_question, "gen": last, "dataset": main,
+    knobs = setup(cfg)
+    return {"run": run.name, **{k: knobs[k] for k in ABLATION_KNOBS}, "gen": last, "dataset": main,
             "accuracy": acc, "ranker_agreement": rank.get("ranker_agreement"),
             "records": state.done.get(f"{last}/store", {}).get("batch_records")}
 

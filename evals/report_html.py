@@ -118,8 +118,8 @@ def ranker_section(report: dict[str, Any], plots: dict[str, bytes]) -> str:
              img(plots, "ranker_scores", "ranker score distributions")]
     if report["ablations"]:
         models = sorted({m for a in report["ablations"] for m in a["accuracy"]}, key=lambda m: (len(m), m))
-        arows = [[a["run"], a["ranker"], "\u2014" if a.get("min_score") is None else a["min_score"],
-                  a["continue_with"], "on" if a.get("self_checks", True) else "off", a["k_samples"], a["temperature"],
+        arows = [[a["run"], a["ranker"], "\u2014" if a["min_score"] is None else a["min_score"],
+                  a["continue_with"], "on" if a["self_checks"] else "off", a["k_samples"], a["temperature"],
                   "/".join(map(str, a["trajectories_per_question"])), gen_label(a["gen"]),
                   *(pct(a["accuracy"].get(m)) for m in models), pct(a["ranker_agreement"]), a["records"]]
                  for a in report["ablations"]]

@@ -184,6 +184,7 @@ class GrowingBatch:
         return [r for g in self.gens() if upto is None or g <= upto for r in self.read_gen(g)]
 
     def examples(self, upto: int | None = None) -> list[SFTExample]:
+        """The training examples of generations 1..``upto``, repeats included (see ``distinct_examples``)."""
         return [to_example(r) for r in self.all(upto)]
 
 

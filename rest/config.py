@@ -144,6 +144,11 @@ class RankerConfig:
         "(ReST's Improve threshold), e.g. {critic: 2.0}; kinds not named keep every step."
     )
 
+    @property
+    def threshold(self) -> float | None:
+        """The Improve threshold in effect: ``min_score`` of this ranker's kind, None when it keeps every step."""
+        return self.min_score.get(self.kind)
+
 
 @dataclass
 class LearnerConfig:

@@ -202,7 +202,7 @@ class ReSTLoop:
         """The best sample of every LLM step, appended to the growing batch as generation ``gen``."""
         trajectories = [Trajectory.from_dict(t) for t in read_jsonl(self.run.trajectories(gen))]
         usable = [r for t in trajectories for r in step_records(gen, t)]
-        min_score = self.cfg.ranker.min_score.get(self.cfg.ranker.kind)
+        min_score = self.cfg.ranker.threshold
         records = [r for r in usable if clears(r, min_score)]
         kept = {(r["trajectory_id"], r["step_index"]) for r in records}
         self._no_leakage(f"gen {gen} store", self.held_out.check_trajectories(trajectories, kept))
