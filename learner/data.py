@@ -47,6 +47,18 @@ class SFTExample:
 
 
 @dataclass(frozen=True)
+class LMText:
+    """A language-modelling text whose characters in ``no_loss`` spans (start, end) carry no loss.
+
+    The toy world's bases use it to train no guess of a name the text has not shown yet
+    (``toyworld.rename.first_mentions``): every name they learn to write is a copy.
+    """
+
+    text: str
+    no_loss: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class Tokenized:
     """A training sequence: token ids, their labels (IGNORE = not trained) and a loss weight."""
 
@@ -89,8 +101,9 @@ def tokenize_example(tok, ex: SFTExample, max_len: int) -> tuple[list[int], list
     return input_ids, labels
 
 
-def tokenize_lm(tok, text: str, max_len: int) -> list[tuple[list[int], list[int]]]:
-    """Language-modelling chunks of ``text`` (bos + text + eos), every position trained.
+def tokenize_lm(tok, text: str | LMText, max_len: int) -> list[tuple[list[int], list[int]]]:
+    """Language-modelling chunks of ``text`` (bos + text + eos), every position trained
+    but the tokens that overlap an ``LMText``'s ``no_loss`` spans.
 
     Consecutive chunks overlap by one token: a chunk's first label is never scored
     (nothing precedes it), so with the overlap every next-token transition of the
@@ -98,17 +111,27 @@ def tokenize_lm(tok, text: str, max_len: int) -> list[tuple[list[int], list[int]
     """
     if max_len < 2:
         raise ValueError(f"tokenize_lm: max_len must be >= 2, got {max_len}")
+    spans = text.no_loss if isinstance(text, LMText) else ()
+    text = text.text if isinstance(text, LMText) else text
     eos = getattr(tok, "eos_token_id", None)
-    ids = _bos(tok) + _encode(tok, text) + ([] if eos is None else [int(eos)])
+    bos, tail = _bos(tok), ([] if eos is None else [int(eos)])
+    if spans:
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        body = list(enc["input_ids"])
+        keep = [not any(a < e and s < b for s, e in spans) for a, b in enc["offset_mapping"]]
+    else:
+        body, keep = _encode(tok, text), None
+    ids = bos + body + tail
+    labels = list(ids) if keep is None else bos + [t if k else IGNORE for t, k in zip(body, keep, strict=True)] + tail
     chunks = []
     for start in range(0, max(len(ids) - 1, 1), max_len - 1):
         chunk = ids[start : start + max_len]
         if len(chunk) >= 2:
-            chunks.append((chunk, list(chunk)))
+            chunks.append((chunk, labels[start : start + max_len]))
     return chunks
 
 
-def tokenize_all(tok, examples: Iterable[SFTExample | str], max_len: int) -> tuple[list[Tokenized], int]:
+def tokenize_all(tok, examples: Iterable[SFTExample | LMText | str], max_len: int) -> tuple[list[Tokenized], int]:
     """Tokenize a mix of SFT examples and raw LM texts; returns (sequences, n_skipped)."""
     out: list[Tokenized] = []
     skipped = 0
@@ -119,10 +142,12 @@ def tokenize_all(tok, examples: Iterable[SFTExample | str], max_len: int) -> tup
                 skipped += 1
             else:
                 out.append(Tokenized(tuple(pair[0]), tuple(pair[1]), float(ex.weight)))
-        elif isinstance(ex, str):
-            out.extend(Tokenized(tuple(a), tuple(b)) for a, b in tokenize_lm(tok, ex, max_len))
+        elif isinstance(ex, (str, LMText)):
+            out.extend(Tokenized(tuple(a), tuple(b)) for a, b in tokenize_lm(tok, ex, max_len)
+                       if any(x != IGNORE for x in b[1:]))
         else:
-            raise TypeError(f"tokenize_all: example {i} is a {type(ex).__name__}, expected SFTExample or str")
+            raise TypeError(f"tokenize_all: example {i} is a {type(ex).__name__}, expected SFTExample, LMText "
+                            "or str")
     return out, skipped
 
 

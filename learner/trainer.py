@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -243,12 +243,16 @@ def train(
     cfg: TrainConfig,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    check: Callable[[int, torch.nn.Module], bool] | None = None,
+    check_every: int = 0,
 ) -> TrainResult:
     """Train ``model`` (an HF causal LM object, changed in place, or a model dir) on ``examples``.
 
     Examples mix per-step ``SFTExample``s (loss on the completion) and raw texts
     (language modelling on every token). With ``out_dir`` the trained model and its
-    tokenizer are saved there atomically. The model is left in eval mode.
+    tokenizer are saved there atomically. The model is left in eval mode. With ``check``,
+    ``check(steps_done, model)`` runs every ``check_every`` steps (and after the last);
+    True stops the run there (the skill-gated base training uses it).
     """
     if isinstance(model, (str, os.PathLike)) and out_dir is None:
         raise ValueError(
@@ -304,6 +308,9 @@ def train(
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.1e}")
                 log.info("step %d/%d loss %.4f lr %.2e", step + 1, total, mean, lr)
                 if mean < cfg.stop_below:
+                    break
+            if check is not None and check_every and ((step + 1) % check_every == 0 or step + 1 == total):
+                if check(step + 1, model):
                     break
         seconds = time.perf_counter() - start
         bar.close()
