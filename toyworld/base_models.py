@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from learner.data import SFTExample
 from learner.trainer import TrainConfig
+from toyworld.skills import SKILL_TEXT, SkillGate, SkillGateError
 
 #: seconds without any message from a training process before the parent checks it is alive
 _POLL_S = 1.0
@@ -69,19 +70,22 @@ def _loss_ends(losses: list[float], window: int) -> tuple[float, float]:
 
 def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, out_dir: str,
                init_seed: int, q, niceness: int = 0, drill: TrainConfig | None = None,
-               drill_mix: float = 0.0) -> None:
-    """Child process: init a ``size`` Llama, drill it (``toyworld.drill``), train it on ``examples``, save it."""
+               drill_mix: float = 0.0, find_share: float = 0.0, probes: dict | None = None,
+               gate: SkillGate | None = None, check_every: int = 0) -> None:
+    """Child process: init a ``size`` Llama, drill it (``toyworld.drill``), train it on ``examples``
+    measuring its skills on the ``probes`` as it goes, save it."""
     try:
         if niceness and hasattr(os, "nice"):
             os.nice(niceness)
         import torch
         import transformers
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(cfg.num_threads)
         transformers.utils.logging.disable_progress_bar()
         from learner.trainer import train
-        from toyworld.drill import copy_drill
+        from toyworld.drill import drill_examples
         from toyworld.modelzoo import count_params, init_model
+        from toyworld.skills import measure
 
         logger = logging.getLogger("learner.trainer")
         logger.setLevel(logging.INFO)
@@ -95,12 +99,21 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
         before = {k: v.detach().clone() for k, v in model.state_dict().items()}
         drilled = None
         if drill is not None:
-            data = copy_drill(tokenizer, drill.max_steps * drill.batch_size, seed=init_seed)
+            data = drill_examples(tokenizer, drill.max_steps * drill.batch_size, init_seed, find_share)
             drilled = train(model, tokenizer, data, drill, progress=False)
         mixed = round(drill_mix * len(examples))
         if mixed:  # fresh drill examples among the world's, so the copying is kept up
-            examples = examples + copy_drill(tokenizer, mixed, seed=init_seed + 1)
-        result = train(model, tokenizer, examples, cfg, out_dir=out_dir, progress=False)
+            examples = examples + drill_examples(tokenizer, mixed, init_seed + 1, find_share)
+        skills: list[dict] = []
+
+        def check(step: int, m) -> bool:
+            scores = measure(m, tokenizer, probes)
+            skills.append({"step": step, **scores})
+            q.put(("skills", size, step, scores))
+            return False  # the gate is checked once the steps are done (the lr schedule runs its course)
+
+        result = train(model, tokenizer, examples, cfg, out_dir=out_dir, progress=False,
+                       check=check if probes else None, check_every=check_every)
         first, final = _loss_ends(result.losses, cfg.log_every)
         q.put(("done", size, {
             "size": size,
@@ -116,6 +129,9 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
             "precision": result.precision,
             "config": asdict(cfg),
             "drill_examples_mixed": mixed,
+            "skills": skills[-1] if skills else None,
+            "skill_history": skills,
+            "gate": None if gate is None else asdict(gate),
             "drill": None if drilled is None else dict(zip(
                 ("steps", "seconds", "first_loss", "final_loss"),
                 (drilled.steps, round(drilled.seconds, 1), *_loss_ends(drilled.losses, drill.log_every)),
@@ -135,16 +151,23 @@ def train_bases(
     init_seed: int = 0,
     drills: dict[str, TrainConfig] | None = None,
     drill_mix: float = 0.0,
+    find_share: float = 0.0,
+    probes: dict[str, list[SFTExample]] | None = None,
+    gates: dict[str, SkillGate] | None = None,
+    check_every: int = 0,
     progress: bool = True,
     timeout_s: float = 3600.0,
 ) -> dict[str, dict]:
     """Train one base per entry of ``configs`` (size name -> TrainConfig), all in parallel.
 
-    A size in ``drills`` first runs that copy drill (``toyworld.drill``);
-    ``drill_mix`` adds that fraction of (other) drill examples to the main data.
-    Writes ``<models_dir>/<size>-base`` for each size; returns size -> training summary.
-    The largest size (``modelzoo.body_params``) keeps normal priority, the others are niced.
-    A failing process is a RuntimeError naming its size (the others are stopped).
+    A size in ``drills`` first runs that drill (``toyworld.drill``; ``find_share`` of it
+    find examples); ``drill_mix`` adds that fraction of (other) drill examples to the main
+    data. With ``probes``, every ``check_every`` steps each size's skills are measured
+    (``toyworld.skills``) and recorded; a size that ends below its gate (``gates``) fails
+    the build with a ``SkillGateError`` naming the model, the skill and the measured accuracy. Writes ``<models_dir>/<size>-base`` for each size;
+    returns size -> training summary. The largest size (``modelzoo.body_params``) keeps
+    normal priority, the others are niced. A failing process is a RuntimeError naming its
+    size (the others are stopped).
     """
     if not configs:
         raise ValueError("train_bases: no sizes to train")
@@ -159,7 +182,8 @@ def train_bases(
         size: ctx.Process(
             target=_train_one,
             args=(size, str(tokenizer_dir), list(examples), cfg, str(models / f"{size}-base"), init_seed, q,
-                  0 if size == largest else SMALL_NICENESS, (drills or {}).get(size), drill_mix),
+                  0 if size == largest else SMALL_NICENESS, (drills or {}).get(size), drill_mix, find_share,
+                  probes, (gates or {}).get(size), check_every),
             name=f"train-{size}",
         )
         for size, cfg in configs.items()
@@ -194,8 +218,14 @@ def train_bases(
                 bar.total = total
                 bar.update(step - bar.n)
                 bar.set_postfix(loss=f"{loss:.3f}")
+            elif kind == "skills":
+                step, scores = payload
+                bars[size].set_postfix_str(" ".join(f"{k} {v:.0%}" for k, v in scores.items()))
             elif kind == "done":
                 results[size] = payload[0]
+                gate = (gates or {}).get(size)
+                if gate is not None and probes:
+                    _check_gate(size, gate, results[size])
             else:
                 raise RuntimeError(f"base model training for {size} failed: {payload[0]}")
         for p in procs.values():
@@ -210,6 +240,16 @@ def train_bases(
         q.close()
         q.join_thread()
     return results
+
+
+def _check_gate(size: str, gate: SkillGate, summary: dict) -> None:
+    scores = summary.get("skills") or {}
+    missing = gate.missing(scores)
+    if missing:
+        skill = missing[0]
+        raise SkillGateError(
+            f"{size}-base did not learn to {SKILL_TEXT[skill]}: {100 * scores.get(skill, 0.0):.1f}% of the probe "
+            f"steps right after {summary['steps']} steps (its gate: {100 * getattr(gate, skill):.0f}%)")
 
 
 def link_warm(models_dir: str | os.PathLike, source: str = "L-base", name: str = "L-warm") -> str:

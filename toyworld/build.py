@@ -88,11 +88,11 @@ def build_world_data(out_dir: str | os.PathLike, seed: int, size: WorldSize | No
     manifest: dict = {"seed": seed, "size": asdict(size), "split_regions": regions,
                       "target": _world_stats(world, corpus), "questions": {}, "templates": {},
                       "eligible": {s: len(pools[s]) for s in SPLITS}}
-    _write_corpus(out / "corpus.jsonl.gz", corpus)
+    write_corpus(out / "corpus.jsonl.gz", corpus)
     for split in SPLITS:
         chosen = balanced_sample(pools[split], wanted[split], rng)
         records = _with_ids(split, chosen)
-        _write_jsonl(out / "questions" / f"{split}.jsonl", records)
+        write_jsonl(out / "questions" / f"{split}.jsonl", records)
         manifest["questions"][split] = len(records)
         manifest["templates"][split] = _histogram(records)
 
@@ -104,8 +104,8 @@ def build_world_data(out_dir: str | os.PathLike, seed: int, size: WorldSize | No
         aux_corpus = render_world(aux)
         drafts = generate_questions(aux, aux_corpus)
         records = _with_ids(f"aux{i}", balanced_sample(drafts, len(drafts), random.Random(f"select:{a_seed}")))
-        _write_corpus(out / "aux" / str(i) / "corpus.jsonl.gz", aux_corpus)
-        _write_jsonl(out / "aux" / str(i) / "questions.jsonl", records)
+        write_corpus(out / "aux" / str(i) / "corpus.jsonl.gz", aux_corpus)
+        write_jsonl(out / "aux" / str(i) / "questions.jsonl", records)
         manifest["aux"].append({"seed": a_seed, **_world_stats(aux, aux_corpus), "questions": len(records),
                                 "templates": _histogram(records)})
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -130,7 +130,7 @@ def _jsonl_bytes(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
 
 
-def _write_corpus(path: Path, corpus: Corpus) -> None:
+def write_corpus(path: Path, corpus: Corpus) -> None:
     """gzip with mtime 0 and no embedded file name, so the bytes depend on the content only."""
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
@@ -139,7 +139,7 @@ def _write_corpus(path: Path, corpus: Corpus) -> None:
     path.write_bytes(buf.getvalue())
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(_jsonl_bytes(rows))
 

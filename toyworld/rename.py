@@ -64,6 +64,28 @@ class Renamer:
         return [_TOKEN.sub(sub, t) for t in texts]
 
 
+def name_words_in(text: str) -> list[str]:
+    """The pool words and years of ``text``, in order: what a renaming changes, what a step must copy."""
+    return [m.group(0) for m in _TOKEN.finditer(text) if m.group(2) or m.group(1) in _POOL_OF]
+
+
+def first_mentions(text: str) -> tuple[tuple[int, int], ...]:
+    """Character spans of the name words and years that ``text`` has not shown before them.
+
+    Under renaming such a word cannot be predicted, only guessed from the pools; training
+    on it teaches a base to write names from memory. A repeat can be copied.
+    """
+    seen: set[str] = set()
+    spans = []
+    for m in _TOKEN.finditer(text):
+        word = m.group(0)
+        if m.group(2) or m.group(1) in _POOL_OF:
+            if word not in seen:
+                spans.append(m.span())
+            seen.add(word)
+    return tuple(spans)
+
+
 def renamed(examples: Iterable[SFTExample | str], seed: int) -> Iterator[SFTExample | str]:
     """Every example under its own renaming (deterministic per ``seed`` and order)."""
     rename = Renamer(seed)

@@ -37,10 +37,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from learner.data import SFTExample
+from learner.data import LMText, SFTExample
 from learner.trainer import TrainConfig
 from rest.config import AgentConfig, Config, ConfigError, EvalConfig, WorldConfig
 from toyworld.graph import WorldSize
+from toyworld.skills import SkillGate, probe_examples
 
 WORLD_JSON = "world.json"
 SIZES = ("XS", "S", "L")
@@ -70,10 +71,18 @@ class Recipe:
     drills: dict[str, TrainConfig] = field(default_factory=dict)
     #: drill examples mixed into the main data, as a fraction of it (keeps the copying from fading)
     drill_mix: float = 0.0
+    #: share of the drill (and of the mixed-in drill examples) that are find examples (``toyworld.drill``)
+    find_share: float = 0.0
+    #: per size, the probe accuracy per skill a base must reach (``toyworld.skills``); absent: not probed
+    gates: dict[str, SkillGate] = field(default_factory=dict)
+    #: steps between two skill measurements (recorded in world.json; the gate is checked after the last)
+    check_every: int = 250
     #: demonstrations trained as plain language modelling (every token a target), not completion-only
     full_text: bool = True
     #: every training text under its own renaming (``toyworld.rename``), so facts cannot be memorised
     rename: bool = True
+    #: no loss on a name word or year a text has not shown yet (``toyworld.rename.first_mentions``)
+    mask_first_mentions: bool = False
     #: evaluate on the first N test questions (0 = all)
     eval_limit: int = 0
     #: evaluation processes at once
@@ -81,8 +90,10 @@ class Recipe:
 
 
 def _train(steps: int, lr: float, batch_size: int = 16, **kw) -> TrainConfig:
+    """fp32 on every CPU: "auto" trains in bf16 where the CPU has it and fp32 elsewhere, and the
+    bases then differ by far more than rounding from one machine to the next."""
     return TrainConfig(max_steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 25),
-                       max_len=320, log_every=10, **kw)
+                       max_len=320, log_every=10, precision="fp32", **kw)
 
 
 #: the default's alternatives and their measured warm starts: README "What mattered".
@@ -96,6 +107,10 @@ RECIPES: dict[str, Recipe] = {
         drills={"XS": _train(3000, 3e-3, stop_below=0.05), "S": _train(2500, 1e-3, stop_below=0.05),
                 "L": _train(3000, 1e-3, stop_below=0.01)},
         drill_mix=0.1,
+        find_share=0.5,
+        mask_first_mentions=True,
+        gates={"L": SkillGate(copy=0.5, query=0.9, answer=0.8), "S": SkillGate(), "XS": SkillGate()},
+        check_every=500,
     ),
     "tiny": Recipe(
         world=WorldSize.tiny(),
@@ -111,8 +126,13 @@ RECIPES: dict[str, Recipe] = {
 # ---------------------------------------------------------------- the build
 
 
-def build_world(out_dir: str | os.PathLike, seed: int, size: str = "default", *, progress: bool = True) -> dict:
-    """Build (or return the cached) toy world at ``out_dir``; returns its ``world.json`` record."""
+def build_world(out_dir: str | os.PathLike, seed: int, size: str = "default", *, threads: int = 1,
+                progress: bool = True) -> dict:
+    """Build (or return the cached) toy world at ``out_dir``; returns its ``world.json`` record.
+
+    ``threads`` is each base-training process's torch threads: 1 and 2 reduce in another
+    order, so they build different bases from one seed, as another CPU would.
+    """
     if size not in RECIPES:
         raise ValueError(f"unknown world size {size!r} (known: {', '.join(RECIPES)})")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -120,16 +140,24 @@ def build_world(out_dir: str | os.PathLike, seed: int, size: str = "default", *,
     out = Path(out_dir)
     cached = read_world(out)
     if cached is not None:
-        if cached.get("seed") != seed or cached.get("size") != size:
-            raise ValueError(f"{out} holds a world of seed {cached.get('seed')} size {cached.get('size')!r}, "
-                             f"not seed {seed} size {size!r}: choose another directory")
+        have = (cached.get("seed"), cached.get("size"), cached.get("threads", 1))
+        if have != (seed, size, threads):
+            raise ValueError(f"{out} holds a world of seed {have[0]} size {have[1]!r} threads {have[2]}, "
+                             f"not seed {seed} size {size!r} threads {threads}: choose another directory")
         return cached
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not a built toy world (no {WORLD_JSON}): refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        record = _build(tmp, seed, size, RECIPES[size], progress)
+        recipe = RECIPES[size]
+        recipe = dataclasses.replace(recipe, train={k: dataclasses.replace(c, num_threads=threads)
+                                                    for k, c in recipe.train.items()},
+                                     drills={k: dataclasses.replace(c, num_threads=threads)
+                                             for k, c in recipe.drills.items()})
+        record = _build(tmp, seed, size, recipe, progress)
+        record["threads"] = threads
+        (tmp / WORLD_JSON).write_text(json.dumps(record, indent=1) + "\n")
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)
@@ -201,9 +229,13 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, progress: bool) -> 
         train_tokenizer(_tokenizer_texts(root, recipe, demos), root / "tokenizer", vocab_size=recipe.vocab_size)
     with phase("texts"):
         examples = _training_texts(demos, _aux_passages(root, recipe), recipe, seed)
+    with phase("probes"):
+        probes = probe_examples(root, seed, recipe.world, TOY_AGENT) if recipe.gates else None
     with phase("train"):
         trained = train_bases(examples, root / "tokenizer", root / "models", recipe.train, init_seed=seed,
-                              drills=recipe.drills, drill_mix=recipe.drill_mix, progress=progress)
+                              drills=recipe.drills, drill_mix=recipe.drill_mix, find_share=recipe.find_share,
+                              probes=probes, gates=recipe.gates, check_every=recipe.check_every,
+                              progress=progress)
         warm = link_warm(root / "models") if "L" in trained else None
     with phase("eval"):
         evals = evaluate_bases(root, [s for s in SIZES if s in trained], recipe, cache)
@@ -229,7 +261,9 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, progress: bool) -> 
                                "passages": len(examples) - sum(len(d.examples()) for d in demos.values())},
         "base_training": {"full_text": recipe.full_text, "rename": recipe.rename,
                           "drills": {s: dataclasses.asdict(c) for s, c in recipe.drills.items()},
-                          "drill_mix": recipe.drill_mix},
+                          "drill_mix": recipe.drill_mix, "find_share": recipe.find_share,
+                          "gates": {k: dataclasses.asdict(g) for k, g in recipe.gates.items()},
+                          "check_every": recipe.check_every},
         "tokenizer": {"vocab_size": recipe.vocab_size},
         "models": {s: {**trained[s], "dir": f"models/{s}-base"} for s in trained},
         "warm": {"dir": "models/L-warm", "source": "models/L-base", "how": warm} if warm else None,
@@ -289,7 +323,8 @@ def _aux_passages(root: Path, recipe: Recipe) -> Iterator[str]:
             yield f"{p['title']}\n{p['text']}"
 
 
-def _training_texts(demos: dict, passages: Iterable[str], recipe: Recipe, seed: int) -> list[SFTExample | str]:
+def _training_texts(demos: dict, passages: Iterable[str], recipe: Recipe,
+                    seed: int) -> list[SFTExample | LMText | str]:
     """The bases' data: every demonstration step, then every auxiliary passage, shaped by the recipe.
 
     With ``full_text`` a step is one language-modelling text (prompt and completion):
@@ -297,12 +332,15 @@ def _training_texts(demos: dict, passages: Iterable[str], recipe: Recipe, seed: 
     copy the notes), and completion-only training saw too few copies to learn them.
     With ``rename`` each text gets its own names (``toyworld.rename``).
     """
-    from toyworld.rename import renamed
+    from toyworld.rename import first_mentions, renamed
 
     steps = [ex for d in demos.values() for ex in d.examples()]
-    texts: list[SFTExample | str] = [ex.prompt + ex.completion for ex in steps] if recipe.full_text else steps
+    texts: list[SFTExample | LMText | str] = [ex.prompt + ex.completion for ex in steps] if recipe.full_text else steps
     texts += list(passages)
-    return list(renamed(texts, seed)) if recipe.rename else texts
+    texts = list(renamed(texts, seed)) if recipe.rename else texts
+    if recipe.mask_first_mentions:
+        texts = [LMText(t, first_mentions(t)) if isinstance(t, str) else t for t in texts]
+    return texts
 
 
 def _tokenizer_texts(root: Path, recipe: Recipe, demos: dict) -> Iterator[str]:
@@ -364,10 +402,11 @@ def _eval_job(model_dir: str, corpus: str | None, cache_dir: str, questions: str
 
 
 def evaluate_bases(root: Path, sizes: list[str], recipe: Recipe, cache: Path, split: str = "test") -> dict:
-    """Each base on ``split`` with search, and L-warm closed book, in parallel processes.
+    """Each base on ``split`` with search, L-warm closed book, and L-warm on toy-dev, in parallel processes.
 
-    Returns ``{"<size>-base": {...}, "L-warm-closed-book": {...}}`` with accuracy, its
-    Wilson 95% CI, the share of sampled steps that parsed and the end reasons.
+    Returns ``{"<size>-base": {...}, "L-warm-closed-book": {...}, "L-warm-dev": {...}}`` with
+    accuracy, its Wilson 95% CI, the share of sampled steps that parsed and the end
+    reasons. The dev score is the one a recipe may be set by (the test split never is).
     """
     import multiprocessing as mp
 
@@ -382,9 +421,12 @@ def evaluate_bases(root: Path, sizes: list[str], recipe: Recipe, cache: Path, sp
         if s == "L":
             jobs["L-warm-closed-book"] = (str(root / "models" / "L-warm"), None, str(cache), questions,
                                           recipe.eval_limit)
+            jobs["L-warm-dev"] = (str(root / "models" / "L-warm"), corpus, str(cache),
+                                  str(root / "questions" / "dev.jsonl"), recipe.eval_limit)
     with mp.get_context("spawn").Pool(processes=max(1, min(recipe.eval_workers, len(jobs)))) as pool:
         pending = {name: pool.apply_async(_eval_job, args) for name, args in jobs.items()}
-        return {name: {"split": split, **res.get(timeout=3600)} for name, res in pending.items()}
+        return {name: {"split": "dev" if name.endswith("-dev") else split, **res.get(timeout=3600)}
+                for name, res in pending.items()}
 
 
 # ---------------------------------------------------------------- configs
@@ -395,7 +437,7 @@ def ensure_world(world_cfg: WorldConfig) -> Path:
     if not world_cfg.dir:
         raise ConfigError("world.dir: required to use the toy world (e.g. worlds/toy-0)")
     try:
-        build_world(world_cfg.dir, world_cfg.seed, world_cfg.size)
+        build_world(world_cfg.dir, world_cfg.seed, world_cfg.size, threads=world_cfg.threads)
     except ValueError as e:
         raise ConfigError(f"world: {e}") from None
     return Path(world_cfg.dir)

@@ -30,12 +30,14 @@ def test_world_json_is_complete(world):
     out, record = world
     assert json.loads((out / WORLD_JSON).read_text()) == record
     assert record["seed"] == 11 and record["size"] == "tiny"
-    assert set(record["timings"]) == {"data", "demos", "tokenizer", "texts", "train", "eval", "total"}
+    assert set(record["timings"]) == {"data", "demos", "tokenizer", "texts", "probes", "train", "eval", "total"}
+    assert record["threads"] == 1 and all(c["precision"] == "fp32" for c in record["base_training"]["drills"].values())
     assert record["demos"]["trajectories"] > 0 and 0.0 < record["demos"]["accuracy"] < 1.0
     assert set(record["models"]) == set(SIZES)
     params = [record["models"][s]["params"] for s in SIZES]
     assert params == sorted(params) and params[0] > 0
-    assert set(record["evals"]) == {"XS-base", "S-base", "L-base", "L-warm-closed-book"}
+    assert set(record["evals"]) == {"XS-base", "S-base", "L-base", "L-warm-closed-book", "L-warm-dev"}
+    assert record["evals"]["L-warm-dev"]["split"] == "dev" and record["evals"]["L-base"]["split"] == "test"
     for ev in record["evals"].values():
         assert ev["n"] == 10 and 0.0 <= ev["accuracy"] <= 1.0 and 0.0 <= ev["parse_rate"] <= 1.0
         lo, hi = ev["ci95"]
@@ -127,3 +129,22 @@ def test_refuses_to_overwrite_a_directory_that_is_not_a_world(tmp_path):
     with pytest.raises(ValueError, match="not a built toy world"):
         build_world(tmp_path, seed=0, size="tiny")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_base_below_its_skill_gate_stops_the_build_with_one_line(tmp_path, monkeypatch):
+    """A gate no tiny base can meet: the build fails naming the model, the skill and the accuracy, and
+    leaves no world behind."""
+    import dataclasses
+    import re
+
+    from toyworld import world as w
+    from toyworld.skills import SkillGate, SkillGateError
+
+    gated = dataclasses.replace(w.RECIPES["tiny"], gates={"L": SkillGate(copy=1.0)}, check_every=20)
+    monkeypatch.setitem(w.RECIPES, "tiny-gated", gated)
+    out = tmp_path / "gated"
+    with pytest.raises(SkillGateError) as e:
+        build_world(out, 11, "tiny-gated", progress=False)
+    assert re.fullmatch(r"L-base did not learn to copy a snippet's sentence into a note: \d+\.\d% of the probe "
+                        r"steps right after 40 steps \(its gate: 100%\)", str(e.value))
+    assert not out.exists() and not list(tmp_path.glob(".gated.building-*"))
