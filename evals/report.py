@@ -10,7 +10,9 @@ gold answers when the dataset is still where the config says.
 report.json keeps the keys the driver always wrote (``run``, ``generations_done``,
 ``policy_version``, ``evals``, ``timings``, ``generations``) and adds the sections of
 ``evals.report_stats`` (Table 1, ranker, steps, training, phases), the paper's
-numbers and ablation rows when other runs are given. The driver calls
+numbers, ablation rows when other runs are given, and the ``verdict`` of
+``evals.targets`` (did the run meet the toy default's targets; the closed-book warm
+start comes from the toy world's world.json when the config names a world). The driver calls
 ``write_report`` as its ``report`` phase at the end of every generation.
 """
 
@@ -27,6 +29,7 @@ from agent.trajectory import Sample
 from evals import report_stats as rs
 from evals.datasets import DatasetError, read_dataset
 from evals.metrics import exact_match
+from evals.targets import verdict, world_closed_book
 from rest.batch import BatchError, read_jsonl, write_atomic
 from rest.config import SECTIONS, Config
 from rest.run_dir import RunDir
@@ -200,16 +203,18 @@ def collect(root: str | Path, compare: tuple[str | Path, ...] = (),
         "phases": rs.phase_times(report["timings"]),
         "ablations": [ablation_row(r) for r in (root, *compare)] if compare else [],
     })
+    report["verdict"] = verdict(report, world_closed_book(cfg.world.dir))
     browser = browser_data(by_gen, gold_answers(cfg) if by_gen else {}, max_trajectories)
     report["browser"] = {"shown": len(browser["trajectories"]), "totals": browser["totals"], "cap": browser["cap"]}
     return report, browser
 
 
 def results_markdown(report: dict[str, Any]) -> str:
-    """The README's results section: this run's Table 1 (first eval dataset) beside the paper's numbers."""
+    """The README's results section: the target verdict, then this run's Table 1 (first eval dataset)
+    beside the paper's numbers."""
     from evals.report_html import DASH, acc_ci
 
-    lines = []
+    lines = [report["verdict"]["line"], ""] if report.get("verdict") else []
     for t in report["table1"][:1]:
         lines += [f"Accuracy % [95% CI] on {t['dataset']} (n={t['rows'][0]['cells'][t['columns'][-1]]['n']}, "
                   f"judge: {t['judge']}; search: {t['search']}), run `{report['run']}`:", "",

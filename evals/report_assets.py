@@ -20,6 +20,10 @@ header h1 { margin: 0 0 4px; font-size: 22px; }
 .meta { color: var(--muted); margin: 2px 0; font-size: 14px; }
 nav a { margin-right: 14px; font-size: 14px; color: var(--kept); text-decoration: none; }
 main { padding: 8px 28px 40px; max-width: 1320px; }
+.verdict { margin: 14px 0 0; padding: 8px 12px; border-left: 4px solid var(--muted); background: var(--soft);
+           font-weight: 600; }
+.verdict.met { border-color: var(--ok); }
+.verdict.not-met { border-color: var(--bad); }
 section { margin-top: 26px; }
 h2 { font-size: 19px; border-bottom: 2px solid var(--line); padding-bottom: 4px; }
 h3 { font-size: 15px; margin: 14px 0 6px; }

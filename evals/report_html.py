@@ -175,6 +175,15 @@ def browser_section(browser: dict[str, Any]) -> str:
             '<ul id="q-list"></ul></div><div id="q-detail"></div></div></section>')
 
 
+def verdict_section(report: dict[str, Any]) -> str:
+    """The target verdict (``evals.targets``) as the page's first line, above every table."""
+    v = report.get("verdict")
+    if not v:
+        return ""
+    cls = {True: "met", False: "not-met"}.get(v["met"], "pending")
+    return f'<p id="verdict" class="verdict {cls}">{esc(v["line"])}</p>'
+
+
 def render(report: dict[str, Any], browser: dict[str, Any], plots: dict[str, bytes]) -> str:
     """The whole page."""
     s = report["setup"]
@@ -194,6 +203,7 @@ def render(report: dict[str, Any], browser: dict[str, Any], plots: dict[str, byt
             f"<title>ReST report: {esc(report['run'])}</title><style>{CSS}</style></head><body>"
             f"<header><h1>ReST meets ReAct \u00b7 run {esc(report['run'])}</h1><p class=\"meta\">{esc(meta)}</p>"
             f'<p class="meta">L: {esc(s["policy"])} \u00b7 students: {esc(students or "none")}</p><nav>{nav}</nav></header>'
-            f'<main>{body}</main><script type="application/json" id="report-data">{json_island(browser)}</script>'
+            f'<main>{verdict_section(report)}{body}</main>'
+            f'<script type="application/json" id="report-data">{json_island(browser)}</script>'
             f"<script>{JS}</script></body></html>\n")
     return page.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate in a table cell becomes "?"

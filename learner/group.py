@@ -168,7 +168,7 @@ class LearnerGroup:
             num_cpus=self.cfg.num_cpus_per_rank,
             num_gpus=self.cfg.num_gpus_per_rank,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=rank),
-        ).remote(rank, self.cfg.world_size)
+        ).remote(rank, self.cfg.world_size, self.cfg.threads)
 
     def _names(self) -> list[str]:
         return [f"learner rank {i}" for i in range(len(self.ranks))]

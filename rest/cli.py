@@ -15,6 +15,7 @@ import sys
 from actors.engines import EngineError
 from actors.search import SearchError
 from rest.config import Config, ConfigError, load_config
+from toyworld.errors import SkillGateError
 
 EXIT_CONFIG = 2
 
@@ -127,7 +128,7 @@ def cmd_world(args: argparse.Namespace) -> int:
     from toyworld.world import build_world
 
     try:
-        record = build_world(args.out, args.seed, args.size)
+        record = build_world(args.out, args.seed, args.size, threads=args.threads)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     print(f"world {args.out}: seed {record['seed']}, size {record['size']}, "
@@ -137,6 +138,10 @@ def cmd_world(args: argparse.Namespace) -> int:
         lo, hi = ev["ci95"]
         print(f"  {name:20s} toy-{ev['split']} accuracy {100 * ev['accuracy']:.1f}% "
               f"(95% CI {100 * lo:.1f}-{100 * hi:.1f}, n={ev['n']}), parse rate {100 * ev['parse_rate']:.1f}%")
+    for size, m in record["models"].items():
+        if m.get("skills"):
+            shown = ", ".join(f"{k} {100 * v:.0f}%" for k, v in m["skills"].items() if k != "step")
+            print(f"  {size}-base skills on the probe world (greedy): {shown}")
     return 0
 
 
@@ -180,7 +185,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     for (model, dataset), r in sorted(best.items()):
         print(f"  {model:3s} {dataset}: gen {r['gen']} accuracy {100 * r['accuracy']:.1f}% (n={r['n']})")
     print(f"run dir: {run.root}")
+    if "L" in {r["model"] for r in report["evals"]} and {"S", "XS"} <= set(cfg.models.students):
+        from evals.targets import verdict, world_closed_book
+
+        print(verdict(report, world_closed_book(cfg.world.dir))["line"])  # the last line: did it work?
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a config at every (world seed, threads) point, one ``rest-react run`` subprocess after another,
+    and keep RUNS_DIR/NAME/sweep.{json,md} current; ``--table-only`` only rewrites the table."""
+    from rest.sweep import Point, Sweep, parse_ints, validate
+
+    if args.table_only:
+        if not args.name:
+            raise ConfigError("--table-only: needs --name of the sweep")
+        sweep = Sweep(args.runs_dir, args.name)
+        if not sweep.points:
+            raise ConfigError(f"--name: no runs of sweep {args.name} in {args.runs_dir}")
+        doc = sweep.table()
+    else:
+        if not args.config or args.seeds is None:
+            raise ConfigError("sweep: needs --config and --seeds (or --table-only --name NAME)")
+        points = [Point(s, t) for s in parse_ints(args.seeds, "--seeds")
+                  for t in parse_ints(args.threads, "--threads", minimum=1)]
+        validate(args.config, points, args.overrides)
+        name = args.name or f"{os.path.basename(args.config).rsplit('.', 1)[0]}-sweep"
+        doc = Sweep(args.runs_dir, name, args.config, args.overrides).run(points)
+    counts = doc["summary"]["counts"]["all"]
+    failed = sum(r["status"] == "failed" for r in doc["runs"])
+    print(f"sweep {doc['name']}: {doc['summary']['finished']}/{len(doc['runs'])} runs finished, "
+          f"{failed} failed, all targets met in {counts['met']}/{counts['runs']}")
+    print(f"table: {os.path.join(args.runs_dir, doc['name'], 'sweep.md')}")
+    return 1 if failed and not args.table_only else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -264,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
     p.add_argument("--size", choices=("tiny", "default"), default="default",
                    help="tiny: a smoke-test world in about a minute; default: the CPU default run")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per base-training process (1 and 2 round differently; default: 1)")
     p.set_defaults(func=cmd_world)
 
     p = sub.add_parser(
@@ -280,6 +319,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="where run dirs live (default: runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "sweep",
+        help="run a config at several world seeds (and torch thread counts), one run after another, one table",
+        description="Run CONFIG at every world seed of --seeds and torch thread count of --threads, each as its "
+        "own `rest-react run` (world worlds/toy-S-tT, run RUNS_DIR/NAME-sS-tT; its output in "
+        "RUNS_DIR/NAME/logs/), and rewrite RUNS_DIR/NAME/sweep.json and sweep.md after every run: accuracy of "
+        "XS, S and L per generation, each target met or not, wall seconds, the mean ± sd over finished runs and "
+        "how many runs met each target. Rerunning continues: finished runs are skipped, unfinished ones resumed; "
+        "a failed run is recorded and the sweep goes on.",
+    )
+    _add_config_args(p, required=False)
+    p.add_argument("--seeds", help="world seeds: 0-5, 0,3,7 or 1-2,9")
+    p.add_argument("--threads", default="1", help="torch threads of base training and learner ranks, e.g. 1,2 "
+                   "(default: 1)")
+    p.add_argument("--name", help="sweep name (default: <config name>-sweep)")
+    p.add_argument("--runs-dir", default="runs", help="where run dirs and the sweep folder live (default: runs)")
+    p.add_argument("--table-only", action="store_true", help="only rewrite the table from the runs there are")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
         "report",
@@ -329,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except (SearchError, EngineError) as e:
+    except (SearchError, EngineError, SkillGateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

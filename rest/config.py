@@ -90,6 +90,10 @@ class WorldConfig:
     dir: str = _f("", "World directory (corpus, questions, tokenizer, base models); empty = no toy world.")
     seed: int = _f(0, "World seed: the same seed builds the same world, byte for byte.")
     size: Literal["tiny", "default"] = _f("default", "World size preset (tiny: tests; default: the CPU default run).")
+    threads: int = _f(
+        1, "Torch intra-op threads of each base-training process; 1 and 2 round differently, as another CPU would.",
+        min=1,
+    )
 
 
 @dataclass
@@ -166,6 +170,7 @@ class LearnerConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
     grad_clip: float = _f(1.0, "Gradient norm clip (0 = off).", min=0.0)
     num_cpus_per_rank: float = _f(0.5, "CPUs reserved per rank actor.", min=0.0)
+    threads: int = _f(1, "Torch intra-op threads per learner rank (not reserved CPUs: see num_cpus_per_rank).", min=1)
     num_gpus_per_rank: float = _f(0.0, "GPUs per rank actor.", min=0.0)
     transport: Literal["object_store", "collective"] = _f(
         "object_store", "Weight broadcast: the Ray object store, or a gloo/NCCL group from rank 0 to the samplers."

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from agent.trajectory import Question, Trajectory
 from evals.datasets import Dataset, read_dataset
 from evals.qa import check_judge, write_result
+from evals.targets import warm_start_warning, world_warning
 from learner.data import SFTExample
 from rest.batch import GrowingBatch, clears, distinct_examples, read_jsonl, step_records, write_jsonl
 from rest.config import Config
@@ -80,14 +81,20 @@ class ReSTLoop:
     # ================================================================ the algorithm
 
     def run_all(self) -> dict[str, Any]:
-        """Evaluate the warm start (generation 0) once, then run the remaining generations."""
+        """Evaluate the warm start (generation 0) once, then run the remaining generations.
+
+        A warm start outside its target band (``evals.targets``: the world's recorded L-base
+        score at the start, the measured gen-0 L after its eval) is one warning line, not an error.
+        """
         self.say(f"run {self.run.root}: resuming at {self.state.resume_point()}, "
                  f"{len(self.train.questions)} training questions")
         self._no_leakage("before rollout", self.held_out.check_questions(self.train.questions, self.train.name))
+        self._warn(world_warning(self.cfg.world.dir))
         try:
             for gen in self.state.remaining_generations(self.cfg.rest.generations):
                 if gen == 0:
                     self._phase(0, "eval", self.evaluate)
+                    self._warn(self._measured_warm_warning())
                     self._phase(0, "report", self.report)
                 else:
                     self.generation(gen)
@@ -282,6 +289,19 @@ class ReSTLoop:
         return {"evals": len(report["evals"]), "plots": len(report["plots"])}
 
     # ================================================================ helpers of the phases
+
+    def _warn(self, warning: str | None) -> None:
+        if warning:
+            self.say(warning)
+
+    def _measured_warm_warning(self) -> str | None:
+        """A warning when the warm start (gen-0 L) measured on the first eval dataset is outside the target
+        band (``evals.targets``): a run from there says little about ReST, so say so before it is spent."""
+        if not self.eval_sets:
+            return None
+        name = self.eval_sets[0].name
+        s = json.loads((self.run.eval_dir(0, "L", name) / "score.json").read_text())
+        return warm_start_warning(s["accuracy"], s["dataset"], "measured at gen 0")
 
     def _training_examples(self, gen: int) -> tuple[list[SFTExample], int]:
         """What every model of generation ``gen`` trains on, and how many repeats were left out: the

@@ -152,6 +152,10 @@ def test_report_json_keeps_the_driver_keys_and_adds_the_sections(full):
     assert t1["rows"][1]["cells"]["XS"]["accuracy"] == 0.5 and t1["judge"] == JUDGE_DETERMINISTIC
     assert report["paper_table1"]["label"] == "paper, Bamboogle auto-eval, for shape only"
     assert report["paper_table1"]["rows"][2]["cells"] == {"XS": 65.9, "S": 69.7, "L": 76.1}
+    # the target verdict (evals.targets): this run's warm start (100%) is above its band, gen 2 is not done
+    v = report["verdict"]
+    assert v["met"] is False and v["checks"]["warm_band"]["met"] is False and v["checks"]["l_gain"]["met"] is None
+    assert v["line"] == "target not met: warm L 100.0 outside its band 15-50% (gen 1 of 2 done, L 100.0 -> 100.0)"
 
 
 def test_ranker_and_step_statistics_have_known_values(full):
@@ -197,6 +201,9 @@ def test_plots_are_pngs_and_the_page_is_self_contained(full):
     assert d["samples"][0]["ppl"] == pytest.approx(1.649, abs=1e-3) and d["samples"][1]["parsed"] is True
     assert "prompt" not in d
     assert "Table 1" in page and "paper, Bamboogle auto-eval, for shape only" in page
+    main_start = page.index("<main>")  # the verdict is the first thing of the page's body
+    assert page.index('<p id="verdict" class="verdict not-met">target not met: warm L 100.0', main_start) \
+        == main_start + len("<main>")
 
 
 def test_escaping_helpers():
@@ -229,6 +236,7 @@ def test_ablation_rows_and_the_cli(tmp_path, capsys):
     assert main(["report", str(base.root), str(other.root), "--max-trajectories", "1", "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "6 evaluations, 1 rollouts in the browser, 4 plots" in out and "report.html" in out
+    assert out.split("\n\n", 1)[1].startswith("target not met: warm L 100.0 outside its band 15-50%")  # the verdict first
     assert "| | XS | S | L |" in out and "| gen 1 | 50.0 [9.5\u201390.5] | 100.0 [34.2\u2013100.0] |" in out
     assert "| gen 2 | 65.9 | 69.7 | 76.1 |" in out and "paper, Bamboogle auto-eval, for shape only" in out
     rows = json.loads(base.report.read_text())["ablations"]
