@@ -151,7 +151,7 @@ def train_bases(
     init_seed: int = 0,
     drills: dict[str, TrainConfig] | None = None,
     drill_mix: float = 0.0,
-    find_share: float = 0.0,
+    find_share: dict[str, float] | None = None,
     probes: dict[str, list[SFTExample]] | None = None,
     gates: dict[str, SkillGate] | None = None,
     check_every: int = 0,
@@ -160,7 +160,7 @@ def train_bases(
 ) -> dict[str, dict]:
     """Train one base per entry of ``configs`` (size name -> TrainConfig), all in parallel.
 
-    A size in ``drills`` first runs that drill (``toyworld.drill``; ``find_share`` of it
+    A size in ``drills`` first runs that drill (``toyworld.drill``; ``find_share[size]`` of it
     find examples); ``drill_mix`` adds that fraction of (other) drill examples to the main
     data. With ``probes``, every ``check_every`` steps each size's skills are measured
     (``toyworld.skills``) and recorded; a size that ends below its gate (``gates``) fails
@@ -182,7 +182,8 @@ def train_bases(
         size: ctx.Process(
             target=_train_one,
             args=(size, str(tokenizer_dir), list(examples), cfg, str(models / f"{size}-base"), init_seed, q,
-                  0 if size == largest else SMALL_NICENESS, (drills or {}).get(size), drill_mix, find_share,
+                  0 if size == largest else SMALL_NICENESS, (drills or {}).get(size), drill_mix,
+                  (find_share or {}).get(size, 0.0),
                   probes, (gates or {}).get(size), check_every),
             name=f"train-{size}",
         )
