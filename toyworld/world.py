@@ -1,7 +1,7 @@
 """Build a whole toy world: data, tokenizer, demonstrations, base models, their warm-start scores.
 
-``build_world(out_dir, seed, size)`` runs six timed phases and records them in
-``<world>/world.json``:
+``build_world(out_dir, seed, size, threads=1)`` runs seven timed phases and records them
+in ``<world>/world.json``:
 
 1. data: ``toyworld.build.build_world_data`` (target corpus and splits, auxiliary worlds);
 2. demos: the noisy demonstrator (``toyworld.demos``) on the auxiliary questions,
@@ -9,17 +9,19 @@
 3. tokenizer: a byte-level BPE trained on the target and auxiliary corpora, the
    auxiliary questions and rendered step prompts (``<world>/tokenizer/``);
 4. texts: the demonstrations and auxiliary passages as training texts, each renamed
-   on its own (``toyworld.rename``);
-5. train: XS, S and L bases trained in parallel (``toyworld.base_models``): a copy
-   drill (``toyworld.drill``), then the texts with drill examples mixed in
-   (``<world>/models/{XS,S,L}-base``; ``L-warm`` links to ``L-base``);
-6. eval: every base acting in the target world on toy-test with search, and L-warm
-   closed book (no search), greedy.
+   on its own (``toyworld.rename``), first mentions of names carrying no loss;
+5. probes: the skill probes, from a world no base trains on (``toyworld.skills``);
+6. train: XS, S and L bases trained in parallel (``toyworld.base_models``): a drill
+   (``toyworld.drill``), then the texts with drill examples mixed in, their skills
+   measured as they train and gated at the end (``<world>/models/{XS,S,L}-base``;
+   ``L-warm`` links to ``L-base``);
+7. eval: every base acting in the target world on toy-test with search, L-warm closed
+   book (no search) and on toy-dev, greedy.
 
 Nothing from the target world's questions is trained on; its corpus only shapes the
 tokenizer. The world is built in a temporary sibling directory and renamed into place
 at the end, so a crash never leaves a half world; ``world.json`` is the completion
-mark, and a later call with the same seed and size returns it without rebuilding.
+mark, and a later call with the same seed, size and threads returns it without rebuilding.
 
 ``with_world_paths(cfg)`` is the one place a config's world-dependent paths are
 filled in (engine.model -> L-warm, search.corpus -> the world's corpus).
