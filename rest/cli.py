@@ -209,9 +209,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise ConfigError("sweep: needs --config and --seeds (or --table-only --name NAME)")
         points = [Point(s, t) for s in parse_ints(args.seeds, "--seeds")
                   for t in parse_ints(args.threads, "--threads", minimum=1)]
-        validate(args.config, points, args.overrides)
+        validate(args.config, points, args.overrides, args.isa or "native")
         name = args.name or f"{os.path.basename(args.config).rsplit('.', 1)[0]}-sweep"
-        doc = Sweep(args.runs_dir, name, args.config, args.overrides).run(points)
+        doc = Sweep(args.runs_dir, name, args.config, args.overrides, isa=args.isa).run(points)
     counts = doc["summary"]["counts"]["all"]
     failed = sum(r["status"] == "failed" for r in doc["runs"])
     print(f"sweep {doc['name']}: {doc['summary']['finished']}/{len(doc['runs'])} runs finished, "
@@ -336,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: 1)")
     p.add_argument("--name", help="sweep name (default: <config name>-sweep)")
     p.add_argument("--runs-dir", default="runs", help="where run dirs and the sweep folder live (default: runs)")
+    p.add_argument("--isa", choices=("native", "avx2"), help="force the runs onto another CPU's kernels "
+                   "(another rounding; 1 and 2 threads give the toy models identical weights); one per sweep "
+                   "(default: native, or what the sweep ran with)")
     p.add_argument("--table-only", action="store_true", help="only rewrite the table from the runs there are")
     p.set_defaults(func=cmd_sweep)
 

@@ -15,6 +15,10 @@ warm / gen-k accuracy of XS, S and L on the first eval dataset, each target of
 ``evals.targets`` met or not, the run's wall seconds; then the mean ± sd over the
 finished runs and, per target, how many runs met it.
 
+``--isa avx2`` forces every run of the sweep onto AVX2 kernels (``ISA_ENV``): another
+rounding, as another CPU would give (1 and 2 threads give the toy models identical
+weights); its worlds are ``worlds/toy-S-tT-avx2``.
+
 Resumable: a run whose report.json shows every generation done is skipped, a run dir
 that exists unfinished is continued with ``rest-react run --resume``. A failing run is
 recorded with its exit code and last error line, and the sweep goes on.
@@ -49,6 +53,13 @@ DASH = "\u2014"
 
 Decision = Literal["new", "resume", "done"]
 
+#: kernel sets a sweep can force on its runs (``--isa``): the way to build under another CPU's rounding.
+#: 1 and 2 torch threads give the toy models bit-identical weights (docs/world-build.md); these do not.
+ISA_ENV: dict[str, dict[str, str]] = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
+
 
 @dataclass(frozen=True, order=True)
 class Point:
@@ -61,13 +72,13 @@ class Point:
     def key(self) -> str:
         return f"s{self.seed}-t{self.threads}"
 
-    @property
-    def world_dir(self) -> str:
-        return f"worlds/toy-{self.seed}-t{self.threads}"
+    def world_dir(self, isa: str = "native") -> str:
+        """The point's world: one per seed, threads and forced kernel set (they build different bases)."""
+        return f"worlds/toy-{self.seed}-t{self.threads}" + ("" if isa == "native" else f"-{isa}")
 
-    def overrides(self) -> list[str]:
+    def overrides(self, isa: str = "native") -> list[str]:
         """The ``--set`` assignments that make a config run at this point."""
-        return [f"world.seed={self.seed}", f"world.dir={self.world_dir}", f"world.threads={self.threads}",
+        return [f"world.seed={self.seed}", f"world.dir={self.world_dir(isa)}", f"world.threads={self.threads}",
                 f"learner.threads={self.threads}"]
 
 
@@ -137,13 +148,13 @@ def decide(run_root: Path) -> Decision:
 
 
 def run_command(config: str, point: Point, name: str, runs_dir: str, overrides: list[str],
-                decision: Decision) -> list[str]:
+                decision: Decision, isa: str = "native") -> list[str]:
     """The ``rest-react run`` command line for one point (``python -m rest``: the same CLI, this interpreter)."""
     tail = ["--name", name, "--runs-dir", runs_dir, "--no-progress"]
     base = [sys.executable, "-m", "rest", "run"]
     if decision == "resume":  # a resumed run keeps its own config.yaml
         return [*base, "--resume", *tail]
-    sets = [x for a in [*point.overrides(), *overrides] for x in ("--set", a)]
+    sets = [x for a in [*point.overrides(isa), *overrides] for x in ("--set", a)]
     return [*base, "--config", config, *sets, *tail]
 
 
@@ -157,8 +168,9 @@ def last_error(log_text: str) -> str:
 # ---------------------------------------------------------------- the machine
 
 
-def machine() -> dict[str, str]:
-    """This CPU's model name and torch's CPU capability (the kernels it dispatches to: they set the rounding)."""
+def machine(isa: str = "native") -> dict[str, str]:
+    """This CPU's model name and torch's CPU capability (the kernels it dispatches to: they set the rounding);
+    with a forced ``isa`` the capability the runs get, marked as forced."""
     cpu = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -173,6 +185,8 @@ def machine() -> dict[str, str]:
         capability = str(torch.backends.cpu.get_cpu_capability())
     except (ImportError, AttributeError, RuntimeError):
         capability = "unknown"
+    if isa != "native":
+        capability = f"{isa.upper()} (forced: {' '.join(f'{k}={v}' for k, v in ISA_ENV[isa].items())})"
     return {"cpu": cpu or platform.processor() or "unknown", "torch_cpu_capability": capability,
             "cores": str(os.cpu_count() or "?")}
 
@@ -361,7 +375,8 @@ def known_points(runs_dir: Path, name: str, previous: dict[str, Any]) -> list[Po
 class Sweep:
     """One sweep's folder and its records; ``run`` goes through the points, ``table`` rewrites the table."""
 
-    def __init__(self, runs_dir: str, name: str, config: str | None = None, overrides: list[str] | None = None):
+    def __init__(self, runs_dir: str, name: str, config: str | None = None, overrides: list[str] | None = None,
+                 isa: str | None = None):
         if not name or "/" in name or name.startswith("."):
             raise ConfigError(f"--name: not a valid sweep name: {name!r}")
         self.runs_dir, self.name = Path(runs_dir), name
@@ -373,11 +388,16 @@ class Sweep:
         self.points = known_points(self.runs_dir, name, previous)
         self.config = config or previous.get("config")
         self.overrides = overrides if overrides is not None else previous.get("overrides", [])
-        self.machine = machine()
+        self.isa = isa or previous.get("isa") or "native"
+        if self.isa not in ISA_ENV:
+            raise ConfigError(f"--isa: one of {', '.join(ISA_ENV)}, got {self.isa!r}")
+        if previous.get("isa", self.isa) != self.isa:
+            raise ConfigError(f"--isa: sweep {name} ran with --isa {previous['isa']}; name another sweep for {self.isa}")
+        self.machine = machine(self.isa)
 
     def table(self) -> dict[str, Any]:
         rows = [run_row(self.runs_dir, self.name, p, self.records.get(p)) for p in self.points]
-        return write_table(self.folder, rows, {"name": self.name, "config": self.config,
+        return write_table(self.folder, rows, {"name": self.name, "config": self.config, "isa": self.isa,
                                                "overrides": self.overrides, "machine": self.machine})
 
     def run(self, points: list[Point], say=print) -> dict[str, Any]:
@@ -394,8 +414,8 @@ class Sweep:
                 continue
             log = self.folder / "logs" / f"{p.key}.log"
             say(f"{where}: {'resuming' if decision == 'resume' else 'starting'} {name} (log {log})")
-            cmd = run_command(self.config, p, name, str(self.runs_dir), self.overrides, decision)
-            rc, error, seconds = self._launch(cmd, log)
+            cmd = run_command(self.config, p, name, str(self.runs_dir), self.overrides, decision, self.isa)
+            rc, error, seconds = self._launch(cmd, log, ISA_ENV[self.isa])
             rec = self.records.setdefault(p, {})
             rec.update(returncode=rc, error=error if rc else None, machine=self.machine,
                        seconds=round((rec.get("seconds") or 0.0) + seconds, 1))
@@ -405,14 +425,16 @@ class Sweep:
             say(f"{where}: {seconds:.0f} s, {outcome}")
         return doc
 
-    def _launch(self, cmd: list[str], log: Path) -> tuple[int, str, float]:
-        """Run ``cmd`` with its output appended to ``log``: (exit code, its last error line, wall seconds)."""
+    def _launch(self, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[int, str, float]:
+        """Run ``cmd`` (``env`` added to this process's) with its output appended to ``log``: (exit code, its
+        last error line, wall seconds)."""
         with log.open("a", encoding="utf-8") as f:
             f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
             f.flush()
             start = f.tell()
             t0 = time.perf_counter()
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False).returncode
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False,
+                                env={**os.environ, **(env or {})}).returncode
             seconds = time.perf_counter() - t0
         with log.open("r", encoding="utf-8", errors="replace") as f:
             f.seek(start)
@@ -420,8 +442,10 @@ class Sweep:
         return rc, error, seconds
 
 
-def validate(config: str, points: list[Point], overrides: list[str]) -> None:
+def validate(config: str, points: list[Point], overrides: list[str], isa: str = "native") -> None:
     """Load the config at every point before anything runs: a bad key is exit 2 now, not after hours."""
     check_overrides(overrides)
+    if isa not in ISA_ENV:
+        raise ConfigError(f"--isa: one of {', '.join(ISA_ENV)}, got {isa!r}")
     for p in points:
-        load_config(config, [*p.overrides(), *overrides])
+        load_config(config, [*p.overrides(isa), *overrides])

@@ -12,7 +12,17 @@ import pytest
 
 from rest.cli import main
 from rest.config import ConfigError
-from rest.sweep import Point, Sweep, check_overrides, decide, last_error, parse_ints, run_command, validate
+from rest.sweep import (
+    ISA_ENV,
+    Point,
+    Sweep,
+    check_overrides,
+    decide,
+    last_error,
+    parse_ints,
+    run_command,
+    validate,
+)
 
 TOY = str(Path(__file__).resolve().parents[1] / "configs" / "toy.yaml")
 
@@ -168,7 +178,7 @@ class ScriptedSweep(Sweep):
         self.launched: list[list[str]] = []
         self.failing = set(failing)
 
-    def _launch(self, cmd, log):
+    def _launch(self, cmd, log, env=None):
         self.launched.append(cmd)
         name = cmd[cmd.index("--name") + 1]
         if name in self.failing:
@@ -211,3 +221,24 @@ def test_launch_logs_the_output_and_finds_the_error_line(tmp_path):
     assert (rc, error) == (0, "fine")  # only this run's lines count
     text = log.read_text()
     assert text.count("=== ") == 2 and "[rest] gen 1 rollout ..." in text and "error: boom" in text
+
+
+def test_a_forced_isa_reaches_the_runs_kernels_and_names_its_own_worlds(tmp_path):
+    """--isa avx2: the runs' torch dispatches AVX2 kernels (another rounding), their worlds are apart, and a
+    sweep keeps the ISA it started with."""
+    p = Point(3, 1)
+    cmd = run_command("configs/toy.yaml", p, "sw-s3-t1", "runs", [], "new", "avx2")
+    assert "world.dir=worlds/toy-3-t1-avx2" in cmd and "world.dir=worlds/toy-3-t1" in run_command(
+        "configs/toy.yaml", p, "sw-s3-t1", "runs", [], "new")
+    log = tmp_path / "isa.log"
+    script = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    rc, line, _ = Sweep._launch(Sweep.__new__(Sweep), [sys.executable, "-c", script], log, ISA_ENV["avx2"])
+    assert (rc, line) == (0, "AVX2")
+    validate(TOY, [p], [], "avx2")
+    with pytest.raises(ConfigError, match="--isa: one of native, avx2"):
+        validate(TOY, [p], [], "sse9")
+    sweep = Sweep(str(tmp_path / "runs"), "sw", TOY, [], isa="avx2")
+    assert sweep.table()["isa"] == "avx2" and "forced" in sweep.machine["torch_cpu_capability"]
+    with pytest.raises(ConfigError, match="ran with --isa avx2"):
+        Sweep(str(tmp_path / "runs"), "sw", TOY, [], isa="native")
+    assert Sweep(str(tmp_path / "runs"), "sw").isa == "avx2"  # --table-only keeps it
