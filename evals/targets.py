@@ -1,7 +1,7 @@
 """Did the run do what the embedded default promises? One verdict from a run's report.
 
-The toy default is judged by a few thresholds (issue 19; README "Results of the default
-run"), all on the first eval dataset, in accuracy points:
+The toy default is judged by a few thresholds (docs/sweeps.md), all on the first eval
+dataset, in accuracy points:
 
 - the warm start (gen-0 L) lies in its band, 15-50%: below it ReST has too few right
   rollouts to learn from, above it there is little left to gain, and either way the run

@@ -8,7 +8,7 @@ finite, a missing file, model dir or dataset, or a non-http URL is a
 turns it into exit code 2 with no traceback. ``--set section.key=value`` overrides
 go through the same checks (the value is parsed as YAML: ``--set agent.k_samples=8``).
 
-Field docs live in each field's ``metadata["doc"]`` so the README's configuration
+Field docs live in each field's ``metadata["doc"]`` so the configuration
 reference can be generated from this file.
 """
 
@@ -433,7 +433,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 
 def reference_markdown() -> str:
-    """The README's configuration reference, generated from the dataclasses above."""
+    """The configuration reference (docs/configuration.md), generated from the dataclasses above."""
     out = []
     for name, cls in SECTIONS.items():
         out.append(f"**`{name}:`** {cls.__doc__.strip()}\n")
@@ -453,7 +453,7 @@ README_END = "<!-- config-reference:end -->"
 
 
 def readme_with_reference(readme: str) -> str:
-    """``readme`` with the text between the reference markers regenerated."""
+    """``readme`` (docs/configuration.md) with the text between the reference markers regenerated."""
     head, rest = readme.split(README_START, 1)
     marker_line, rest = rest.split("\n", 1)
     _, tail = rest.split(README_END, 1)
@@ -463,8 +463,8 @@ def readme_with_reference(readme: str) -> str:
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] == ["--write-readme"]:
-        path = Path(__file__).resolve().parents[1] / "README.md"
+    if sys.argv[1:] == ["--write-docs"]:
+        path = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
         path.write_text(readme_with_reference(path.read_text()))
     else:
         print(reference_markdown())

@@ -1,8 +1,8 @@
 """``rest-react sweep``: one config at several world seeds (and torch thread counts), one run after another.
 
-A single run of the toy default says little: the warm start depends on the world seed
-(README "The toy world"), and two machines (or 1 and 2 torch threads, which round
-differently) build different worlds from the same seed. A sweep runs the config at
+A single run of the toy default says little: the warm start depends on the world seed,
+and two machines (their kernels round differently; see ``--isa`` below) build different
+worlds from the same seed (docs/world-build.md). A sweep runs the config at
 every (seed, threads) point as its own ``rest-react run`` subprocess::
 
     rest-react run --config C --set world.seed=S --set world.dir=worlds/toy-S-tT

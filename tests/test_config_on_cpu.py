@@ -114,5 +114,5 @@ def test_cli_exits_2_with_one_line(tmp_path, text, extra):
 def test_readme_reference_is_current():
     from rest.config import readme_with_reference
 
-    readme = (ROOT / "README.md").read_text()
-    assert readme_with_reference(readme) == readme, "run: python -m rest.config --write-readme"
+    readme = (ROOT / "docs" / "configuration.md").read_text()
+    assert readme_with_reference(readme) == readme, "run: python -m rest.config --write-docs"

@@ -99,7 +99,7 @@ def _train(steps: int, lr: float, batch_size: int = 16, **kw) -> TrainConfig:
                        max_len=320, log_every=10, precision="fp32", **kw)
 
 
-#: the default's alternatives and their measured warm starts: README "What mattered".
+#: the default's alternatives and their measured skills and warm starts: docs/world-build.md.
 #: XS drills at a higher lr: at 1e-3 its drill stays near loss 4.3 for 1,000 steps (0.05 after about
 #: 2,600); at 3e-3 it reaches 0.05 in about 1,200-1,500 steps (30-40 s alone).
 RECIPES: dict[str, Recipe] = {
