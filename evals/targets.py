@@ -78,7 +78,7 @@ def _check(met: bool | None, value: Any, need: Any) -> dict[str, Any]:
     return {"met": met, "value": value, "need": need}
 
 
-def _by_gen(report: dict[str, Any]) -> tuple[str | None, dict[str, dict[int, float]]]:
+def accuracy_by_model(report: dict[str, Any]) -> tuple[str | None, dict[str, dict[int, float]]]:
     """(the first eval dataset, model -> generation -> accuracy % on it)."""
     rows = report.get("evals") or []
     if not rows:
@@ -107,7 +107,7 @@ def verdict(report: dict[str, Any], closed_book: float | None, targets: Targets 
     when one failed, None when none failed but some cannot be measured yet.
     """
     t = targets
-    dataset, acc = _by_gen(report)
+    dataset, acc = accuracy_by_model(report)
     L = acc.get("L", {})
     if 0 not in L:
         what = f"no warm-start L evaluation on {dataset}" if dataset else "no evaluation yet"

@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import yaml
 
-from evals.targets import LABELS, Targets, verdict, world_closed_book
+from evals.targets import LABELS, Targets, accuracy_by_model, verdict, world_closed_book
 from rest.batch import write_atomic
 from rest.config import ConfigError, RestConfig, load_config
 
@@ -196,14 +196,10 @@ def machine(isa: str = "native") -> dict[str, str]:
 
 def accuracy_by_gen(report: dict[str, Any]) -> dict[str, dict[str, float]]:
     """``gen-k`` -> model -> accuracy % on the first eval dataset (what the targets judge)."""
-    rows = report.get("evals") or []
-    if not rows:
-        return {}
-    dataset = rows[0]["dataset"]
     out: dict[str, dict[str, float]] = {}
-    for r in rows:
-        if r["dataset"] == dataset:
-            out.setdefault(f"gen-{r['gen']}", {})[r["model"]] = round(100.0 * r["accuracy"], 2)
+    for model, gens in accuracy_by_model(report)[1].items():
+        for gen, acc in gens.items():
+            out.setdefault(f"gen-{gen}", {})[model] = round(acc, 2)
     return out
 
 

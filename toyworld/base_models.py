@@ -71,7 +71,7 @@ def _loss_ends(losses: list[float], window: int) -> tuple[float, float]:
 def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, out_dir: str,
                init_seed: int, q, niceness: int = 0, drill: TrainConfig | None = None,
                drill_mix: float = 0.0, find_share: float = 0.0, probes: dict | None = None,
-               gate: SkillGate | None = None, check_every: int = 0) -> None:
+               check_every: int = 0) -> None:
     """Child process: init a ``size`` Llama, drill it (``toyworld.drill``), train it on ``examples``
     measuring its skills on the ``probes`` as it goes, save it."""
     try:
@@ -131,7 +131,6 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
             "drill_examples_mixed": mixed,
             "skills": skills[-1] if skills else None,
             "skill_history": skills,
-            "gate": None if gate is None else asdict(gate),
             "drill": None if drilled is None else dict(zip(
                 ("steps", "seconds", "first_loss", "final_loss"),
                 (drilled.steps, round(drilled.seconds, 1), *_loss_ends(drilled.losses, drill.log_every)),
@@ -184,7 +183,7 @@ def train_bases(
             args=(size, str(tokenizer_dir), list(examples), cfg, str(models / f"{size}-base"), init_seed, q,
                   0 if size == largest else SMALL_NICENESS, (drills or {}).get(size), drill_mix,
                   (find_share or {}).get(size, 0.0),
-                  probes, (gates or {}).get(size), check_every),
+                  probes, check_every),
             name=f"train-{size}",
         )
         for size, cfg in configs.items()
@@ -223,8 +222,8 @@ def train_bases(
                 step, scores = payload
                 bars[size].set_postfix_str(" ".join(f"{k} {v:.0%}" for k, v in scores.items()))
             elif kind == "done":
-                results[size] = payload[0]
                 gate = (gates or {}).get(size)
+                results[size] = {**payload[0], "gate": None if gate is None else asdict(gate)}
                 if gate is not None and probes:
                     _check_gate(size, gate, results[size])
             else:

@@ -158,9 +158,7 @@ def build_world(out_dir: str | os.PathLike, seed: int, size: str = "default", *,
                                                     for k, c in recipe.train.items()},
                                      drills={k: dataclasses.replace(c, num_threads=threads)
                                              for k, c in recipe.drills.items()})
-        record = _build(tmp, seed, size, recipe, progress)
-        record["threads"] = threads
-        (tmp / WORLD_JSON).write_text(json.dumps(record, indent=1) + "\n")
+        record = _build(tmp, seed, size, recipe, threads, progress)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)
@@ -216,7 +214,7 @@ class _Phases:
         return _Timer()
 
 
-def _build(root: Path, seed: int, size: str, recipe: Recipe, progress: bool) -> dict:
+def _build(root: Path, seed: int, size: str, recipe: Recipe, threads: int, progress: bool) -> dict:
     from toyworld.base_models import link_warm, train_bases
     from toyworld.build import build_world_data
 
@@ -246,6 +244,7 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, progress: bool) -> 
     demo_stats = {f"aux{i}": d.stats() for i, d in demos.items()}
     record = {
         "seed": seed,
+        "threads": threads,
         "size": size,
         "world_size": dataclasses.asdict(recipe.world),
         "aux_seeds": [a["seed"] for a in manifest["aux"]],
