@@ -108,8 +108,9 @@ def step_contexts(traj: Trajectory, gold: dict | None = None) -> list[tuple[Step
     return out
 
 
-def make_ranker(cfg: RankerConfig, engine: Engine | None = None) -> StepRanker:
-    """The ranker ``cfg.kind`` names; ``llm-judge`` uses ``engine`` or builds one from ``cfg.judge_*``."""
+def make_ranker(cfg: RankerConfig, engine: Engine | None = None, revisions: Mapping[str, str] | None = None) -> StepRanker:
+    """The ranker ``cfg.kind`` names; ``llm-judge`` uses ``engine`` or builds one from ``cfg.judge_*``
+    (a hub id at the commit ``revisions``, the run's ``models.revisions``, records for it)."""
     from actors.rankers import Critic, LLMJudge, OracleRanker, RandomRanker
 
     if cfg.kind == "critic":
@@ -124,7 +125,8 @@ def make_ranker(cfg: RankerConfig, engine: Engine | None = None) -> StepRanker:
                 raise ValueError("ranker.judge_model is empty: the llm-judge ranker needs a judge model")
             from actors.engines import make_engine
 
-            engine = make_engine(EngineConfig(backend=cfg.judge_backend, model=cfg.judge_model))
+            engine = make_engine(EngineConfig(backend=cfg.judge_backend, model=cfg.judge_model),
+                                 revision=(revisions or {}).get(cfg.judge_model))
         return LLMJudge(engine, max_new_tokens=cfg.judge_max_new_tokens)
     raise ValueError(f"ranker.kind: unknown ranker {cfg.kind!r} (known: critic, llm-judge, oracle, random)")
 
@@ -165,12 +167,13 @@ class RankerWorker:
     and is used by the oracle only: other rankers never receive it.
     """
 
-    def __init__(self, cfg: RankerConfig, gold: Mapping[str, dict] | None = None, engine: Engine | None = None):
+    def __init__(self, cfg: RankerConfig, gold: Mapping[str, dict] | None = None, engine: Engine | None = None,
+                 revisions: Mapping[str, str] | None = None):
         if cfg.kind == "oracle" and gold is None:
             raise ValueError("the oracle ranker needs gold question records (toy world only)")
         self.cfg = cfg
         self.gold = dict(gold) if cfg.kind == "oracle" and gold is not None else None
-        self.ranker = make_ranker(cfg, engine)
+        self.ranker = make_ranker(cfg, engine, revisions)
         self.counts = {"trajectories": 0, "steps": 0, "agree_with_chosen": 0, "no_parseable": 0}
 
     def rank(self, trajectories: list[dict]) -> list[dict]:

@@ -27,6 +27,7 @@ from actors.engines import Engine, make_engine
 from agent.parsers import ParseError, parse_judgement
 from evals.metrics import mean_std
 from rest.config import Config, ConfigError, EvalConfig
+from rest.hub import is_local
 
 #: how much of each raw judge completion a prediction keeps for auditing
 TEXT_KEEP = 80
@@ -44,8 +45,8 @@ def check_llm_judge(eval_cfg: EvalConfig) -> str:
     if not eval_cfg.judge_model:
         raise ConfigError("eval.judge=llm: the LLM Check_Answer judge needs a judge engine: "
                           "set eval.judge_model (rest-react eval --judge-model DIR)")
-    if eval_cfg.judge_backend == "hf" and not Path(eval_cfg.judge_model).is_dir():
-        raise ConfigError(f"eval.judge_model: not a model directory: {eval_cfg.judge_model}")
+    if is_local(eval_cfg.judge_model) and not Path(eval_cfg.judge_model).expanduser().is_dir():
+        raise ConfigError(f"eval.judge_model: not a model directory nor a hub id: {eval_cfg.judge_model}")
     if eval_cfg.judge_runs > 1 and eval_cfg.judge_temperature == 0:
         raise ConfigError(f"eval.judge_temperature: 0 makes all {eval_cfg.judge_runs} judge runs identical; "
                           "use a temperature > 0 or eval.judge_runs=1")
@@ -99,7 +100,7 @@ class CheckAnswerJudge:
         check_llm_judge(cfg.eval)
         e = cfg.eval
         engine = make_engine(dataclasses.replace(cfg.engine, backend=e.judge_backend, model=e.judge_model,
-                                                 random_init=""))
+                                                 random_init=""), revision=cfg.models.revisions.get(e.judge_model))
         return cls(engine, model=e.judge_model, runs=e.judge_runs, temperature=e.judge_temperature,
                    max_new_tokens=e.judge_max_new_tokens, seed=e.judge_seed)
 

@@ -254,6 +254,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(quick=args.quick)
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    """Fetch every hub model a config names into the Hugging Face cache (offline: check it is there)."""
+    from rest.hub import download
+
+    return download(_config(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rest-react", description="ReST meets ReAct: self-improving search agents on Ray."
@@ -362,6 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--cache-dir", default=".cache/bm25", help="where the BM25 index is cached")
     p.set_defaults(func=cmd_serve_search)
+
+    p = sub.add_parser(
+        "download",
+        help="prefetch every model a config names into the Hugging Face cache",
+        description="Resolve every model the config names (engine, policy, students, the judges it uses): hub ids are "
+        "downloaded into the Hugging Face cache (HF_HUB_CACHE or HF_HOME; on a cluster, storage every node mounts), "
+        "at the commits a run's config.yaml recorded if given one; local directories are checked. With "
+        "HF_HUB_OFFLINE=1 nothing is fetched: a model missing from the cache is one error line and exit code 1.",
+    )
+    _add_config_args(p)
+    p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("bench", help="benchmarks, ours vs baselines side by side (benchmarks/results.json)")
     p.add_argument("--quick", action="store_true", help="small sizes: under 5 minutes")

@@ -123,6 +123,10 @@ class ModelsConfig:
         {}, "Student name -> starting checkpoint, e.g. {S: dir, XS: dir} (empty: the toy world's S/XS bases).",
         model_dir=True,
     )
+    revisions: dict[str, str] = _f(
+        {}, "Written by `rest-react run` into the run's config.yaml: hub id -> the commit it resolved to at the "
+        "start (what every part of the run loads); local directories are not listed.", commit=True,
+    )
 
 
 RankerKind = Literal["critic", "llm-judge", "oracle", "random"]
@@ -315,6 +319,11 @@ def _reference_problem(meta: dict, value: Any, raw: dict) -> str | None:
 
             if item not in KNOWN_NAMES and not Path(item).is_file():
                 return f"not a known dataset ({', '.join(KNOWN_NAMES)}) nor a file: {item}"
+        if meta.get("commit"):
+            from rest.hub import check_revision
+
+            if not check_revision(item):
+                return f"must be a 40-hex-digit commit hash, got {item!r}"
         if meta.get("url") and not item.startswith(("http://", "https://")):
             return f"must be an http:// or https:// URL, got {item!r}"
     return None

@@ -44,6 +44,7 @@ def build_engine(cfg: Config) -> Engine:
     With ``world.dir`` set, an empty engine.model means the toy world's L-warm
     (``toyworld.world.with_world_paths``; the world is built on first use). A model set
     explicitly needs no world: a closed-book eval must not build one for a corpus it never reads.
+    A hub id loads the commit the run recorded in ``models.revisions`` (``rest.hub``).
     """
     if cfg.world.dir and not cfg.engine.model:
         from toyworld.world import with_world_paths
@@ -56,7 +57,7 @@ def build_engine(cfg: Config) -> Engine:
         from toyworld.modelzoo import ensure_random_model
 
         ensure_random_model(model, cfg.engine.random_init, _tokenizer_texts(cfg), seed=cfg.agent.seed)
-    return make_engine(cfg.engine)
+    return make_engine(cfg.engine, revision=cfg.models.revisions.get(model))
 
 
 def build_search(cfg: Config) -> SearchBackend:

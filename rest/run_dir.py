@@ -2,7 +2,8 @@
 
 Layout::
 
-    config.yaml                    the resolved config (every path filled in)
+    config.yaml                    the resolved config (every path filled in, the hub models'
+                                   commits in models.revisions)
     state.json                     finished phases (rest.state)
     batch/gen-<k>.jsonl            the growing batch (rest.batch)
     trajectories/gen-<k>.jsonl     every rollout of generation k, ranked in place by the rank phase
@@ -16,6 +17,10 @@ A new run refuses an existing run dir; ``--resume`` reuses it and its ``config.y
 would silently mix two setups). A run dir that cannot be written (read-only, disk
 full) is one ``ConfigError`` line before any work starts, and ``--resume`` first deletes
 the temporary siblings an interrupted atomic write may have left (``remove_leftovers``).
+
+Hub models are resolved once, here (``rest.hub.pin_revisions``): a new run records the
+commit of each in ``models.revisions``, a resumed run asks for the commits it recorded; a
+model that cannot be had (offline and not cached) is one ``ModelUnavailable`` line.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import yaml
 
 from rest.batch import write_atomic
 from rest.config import Config, ConfigError, load_config
+from rest.hub import pin_revisions
 
 
 @dataclass(frozen=True)
@@ -141,15 +147,19 @@ def open_run(runs_root: str | Path, name: str, cfg: Config | None, resume: bool)
         remove_leftovers(run.root)
         saved = load_config(run.config)
         if cfg is not None:
-            diff = _first_difference(saved.to_dict(), resolve_config(cfg).to_dict())
+            given = resolve_config(cfg)
+            if not given.models.revisions:  # the given file names models; the run recorded their commits
+                given.models = dataclasses.replace(given.models, revisions=saved.models.revisions)
+            diff = _first_difference(saved.to_dict(), given.to_dict())
             if diff:
                 raise ConfigError(f"--resume: the config differs from {run.config}: {diff}")
+        pin_revisions(saved)  # the recorded commits are still to be had (else: download --config config.yaml)
         return run, saved
     if cfg is None:
         raise ConfigError("--config: required unless --resume")
     if run.root.exists() and any(run.root.iterdir()):
         raise ConfigError(f"--name: {run.root} already exists (use --resume, or another --name)")
-    resolved = resolve_config(cfg)
+    resolved = pin_revisions(resolve_config(cfg))
     try:
         write_atomic(run.config, config_yaml(resolved))
     except OSError as e:

@@ -12,20 +12,22 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "EngineError", "make_engine"]
 
 
-def make_engine(cfg: EngineConfig) -> Engine:
+def make_engine(cfg: EngineConfig, revision: str | None = None) -> Engine:
     """Build the engine that ``cfg.backend`` names ("hf" or "vllm") over ``cfg.model``.
 
-    The model directory must already exist: when ``cfg.random_init`` is set, building
+    ``cfg.model`` is a local directory or a hub id, which is resolved through the Hugging
+    Face cache at ``revision`` (a run passes the commit it recorded: ``rest.hub``).
+    A local model directory must already exist: when ``cfg.random_init`` is set, building
     the random model (``toyworld.modelzoo.ensure_random_model``) is the caller's job,
     because only the caller knows which texts its tokenizer should be trained on.
     A missing or unloadable model is an ``EngineError``.
     """
     if not cfg.model:
-        raise EngineError("engine.model is empty: set it to a Hugging Face model directory")
+        raise EngineError("engine.model is empty: set it to a Hugging Face model directory or hub id")
     if cfg.backend == "hf":
         from actors.engines.hf import HFEngine
 
-        return HFEngine(cfg.model, dtype=cfg.dtype, max_batch=cfg.max_batch, threads=cfg.threads)
+        return HFEngine(cfg.model, dtype=cfg.dtype, max_batch=cfg.max_batch, threads=cfg.threads, revision=revision)
     if cfg.backend == "vllm":
         from actors.engines.vllm_engine import VLLMEngine
 
@@ -36,5 +38,6 @@ def make_engine(cfg: EngineConfig) -> Engine:
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             kv_cache_gib=cfg.kv_cache_gib,
             enforce_eager=cfg.enforce_eager,
+            revision=revision,
         )
     raise EngineError(f"engine.backend must be 'hf' or 'vllm', got {cfg.backend!r}")

@@ -72,11 +72,12 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_new_tokens: int, conte
     return ids
 
 
-def check_model_dir(model_dir: str | Path) -> Path:
-    """The model directory as a Path, or EngineError if it cannot hold a safetensors model."""
-    d = Path(model_dir)
-    if not d.is_dir():
-        raise EngineError(f"model dir not found: {d}")
+def check_model_dir(model: str | Path, revision: str | None = None) -> Path:
+    """The local directory of ``model`` (a directory, or a hub id at ``revision`` resolved
+    through the Hugging Face cache: ``rest.hub``), or EngineError if it holds no safetensors model."""
+    from rest.hub import resolve_model
+
+    d = resolve_model(str(model), revision).path
     if not (d / "config.json").is_file():
         raise EngineError(f"not a Hugging Face model dir (no config.json): {d}")
     if not any(d.glob("*.safetensors")):
@@ -129,6 +130,7 @@ class HFEngine:
         max_batch: int = 64,
         threads: int = 1,
         device: str | None = None,
+        revision: str | None = None,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -139,7 +141,7 @@ class HFEngine:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         torch.set_num_threads(threads)
-        self.model_dir = check_model_dir(model_dir)
+        self.model_dir = check_model_dir(model_dir, revision)  # a hub id: its snapshot in the HF cache
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.max_batch = max_batch
         try:

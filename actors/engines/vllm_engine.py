@@ -77,8 +77,11 @@ class VLLMEngine:
         enforce_eager: bool = True,
         seed: int = 0,
         cpu_bind: str | None = None,
+        revision: str | None = None,
     ):
-        self.model_dir = check_model_dir(model_dir).resolve()
+        self.model_dir = check_model_dir(model_dir, revision).resolve()  # a hub id: its snapshot in the HF cache
+        #: new weights are written beside the model, except into the (possibly shared) HF cache
+        self._in_cache = self.model_dir.parent.name == "snapshots"
         self.version = 0
         self.llm = None
         self._weights_dir: Path | None = None
@@ -210,6 +213,8 @@ class VLLMEngine:
             # nothing keeps its old weights (seen in vllm 0.32), so it gets the embeddings.
             tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
         try:
+            if self._in_cache:
+                raise OSError("not into the Hugging Face cache")
             new_dir = Path(tempfile.mkdtemp(prefix=f".weights-v{version}-", dir=self.model_dir))
         except OSError:
             new_dir = Path(tempfile.mkdtemp(prefix=f"weights-v{version}-"))
