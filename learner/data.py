@@ -241,3 +241,30 @@ def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -
     real = sum(lengths[i] for b in batches for i in b)
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
     return 0.0 if padded == 0 else 1.0 - real / padded
+
+
+def micro_batches(batch: Sequence[int], lengths: Sequence[int], count: int) -> list[list[int]]:
+    """Split one rank's batch (indices into ``lengths``) into ``count`` length-bucketed micro-batches.
+
+    Gradient accumulation runs ``count`` forward/backward passes per optimizer step on
+    every rank (DeepSpeed steps the optimizer on every ``count``-th), so the split always
+    has exactly ``count`` parts. The batch is sorted longest first (ties by index, so the
+    split is a pure function of the plan and thus of the seed) and cut into contiguous
+    parts as equal in size as possible: each micro-batch holds sequences of similar
+    length and pads little. A batch smaller than ``count`` leaves trailing parts empty.
+    """
+    if count < 1:
+        raise ValueError(f"micro_batches: count must be >= 1, got {count}")
+    ranked = sorted(batch, key=lambda i: (-lengths[i], i))
+    base, extra = divmod(len(ranked), count)
+    out, at = [], 0
+    for part in range(count):
+        size = base + (part < extra)
+        out.append(ranked[at : at + size])
+        at += size
+    return out
+
+
+def target_weight(seq: Tokenized) -> float:
+    """The weight ``sft_loss`` gives ``seq``: its loss weight times its labelled next-token targets."""
+    return seq.weight * sum(1 for label in seq.labels[1:] if label != IGNORE)

@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 _PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
-def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def sft_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], normalizer: float | None = None
+) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over the labelled tokens; returns (loss, n_target_tokens).
 
     Position t predicts labels[t + 1]; IGNORE labels (prompt, bos, padding) add
@@ -42,6 +44,10 @@ def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
     sequence's weight (all 1: the plain token mean). For plain-head architectures the
     output layer runs only on labelled positions, which for per-step examples (short
     completions after long prompts) skips most of the vocabulary projection.
+
+    ``normalizer`` replaces the batch's own total token weight as the divisor: the
+    micro-batches of one larger batch pass that batch's total, so their losses (and
+    gradients) add up to the larger batch's token mean whatever their sizes.
     """
     inner = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
     targets = batch["labels"][:, 1:]
@@ -50,17 +56,28 @@ def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
     if n_target == 0:
         raise ValueError("sft_loss: the batch has no labelled tokens")
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if getattr(inner.config, "model_type", None) in _PLAIN_HEAD_MODELS:
+    plain_head = getattr(inner.config, "model_type", None) in _PLAIN_HEAD_MODELS
+    if plain_head and not hasattr(inner.get_output_embeddings().weight, "ds_id"):
         hidden = inner.get_decoder()(**inputs, use_cache=False).last_hidden_state[:, :-1]
         logits = inner.get_output_embeddings()(hidden[keep])
+    elif plain_head:
+        # ZeRO-3 (partitioned parameters, with a ``ds_id``) fetches and releases them through hooks
+        # on the whole model's forward: calling decoder and head apart skips those, and the
+        # accumulated gradients came out wrong (measured). The whole forward runs the head only
+        # on the positions where some row has a label (``logits_to_keep``).
+        cols = keep.any(0).nonzero().squeeze(1)
+        logits = model(**inputs, use_cache=False, logits_to_keep=cols).logits[keep[:, cols]]
     else:
         logits = model(**inputs, use_cache=False).logits[:, :-1][keep]
     token_loss = F.cross_entropy(logits.float(), targets[keep], reduction="none")
     weights = batch.get("weights")
-    if weights is None:
+    if weights is None and normalizer is None:
         return token_loss.mean(), n_target
+    if weights is None:
+        weights = torch.ones(targets.shape[0], device=token_loss.device)
     w = weights.to(token_loss.dtype)[:, None].expand_as(targets)[keep]
-    return (token_loss * w).sum() / w.sum(), n_target
+    total = (token_loss * w).sum()
+    return total / (w.sum() if normalizer is None else normalizer), n_target
 
 
 @dataclass
@@ -183,18 +200,25 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def save_atomic(model, tokenizer, out_dir: str | os.PathLike, meta: dict | None = None) -> Path:
+def save_atomic(
+    model,
+    tokenizer,
+    out_dir: str | os.PathLike,
+    meta: dict | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write a Hugging Face dir (safetensors + tokenizer [+ training.json]) all at once.
 
     Everything goes to a temporary sibling first and is renamed into place, so a crash
     never leaves a half-written checkpoint under ``out_dir``; an older dir there is
-    replaced.
+    replaced. ``state_dict`` (full tensors) is saved instead of the model's own, whose
+    parameters may be ZeRO-3 shards.
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if meta is not None:
             (tmp / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
