@@ -125,7 +125,9 @@ class LearnerGroup:
         self.ranks: list = []
         self.broken: str | None = None
         self.last_fit: dict | None = None
-        """The last successful fit: name, out_dir, checksum of its weights, DeepSpeed ops built at run time."""
+        """The last successful fit: name, out_dir, checksum of its weights, DeepSpeed ops built at run time,
+        and its memory settings as the ranks applied them (micro-batch, accumulation, checkpointing,
+        attention kernel, zero.Init, parameter dtype)."""
         self._weight_key: tuple | None = None
         bundle = {"CPU": cfg.num_cpus_per_rank}
         if cfg.num_gpus_per_rank > 0:
@@ -226,6 +228,7 @@ class LearnerGroup:
             "out_dir": str(out_dir),
             "checksum": results[0]["checksum"],
             "jit_ops": jit,
+            "memory": results[0]["memory"],
         }
         return FitResult(
             model=name,

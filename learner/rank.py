@@ -1,12 +1,18 @@
 """One DeepSpeed rank of the learner group: a plain class that ``learner.group`` runs as a Ray actor.
 
 A rank joins the group's default process group (gloo on CPU, NCCL on GPU), and for
-each fine-tune loads the model, wraps it with ``deepspeed.initialize`` (ZeRO stage,
-precision and batch from ``LearnerConfig``; torch's AdamW, so no fused op is
+each fine-tune loads the model (``load_model``: in the training precision, sdpa
+attention where supported, optionally gradient checkpointing, and under ZeRO-3
+partitioned as it is built, through ``deepspeed.zero.Init``, so no rank ever holds
+the whole model), wraps it with ``deepspeed.initialize`` (ZeRO stage, precision and
+micro-batch / accumulation from ``LearnerConfig``; torch's AdamW, so no fused op is
 compiled) and trains its share of every global batch (``learner.data.make_batches``
-with its rank) with the shared objective ``learner.trainer.sft_loss``. Rank 0 then
-gathers the full parameters (needed under ZeRO-3), saves a Hugging Face checkpoint
-atomically, and keeps the weights for the broadcast to the samplers.
+with its rank), split into length-bucketed micro-batches, with the shared objective
+``learner.trainer.sft_loss``. Every micro-batch's loss is divided by its global
+batch's total token weight, so the update is the global batch's token mean whatever
+the micro-batch size and world size. The ranks then gather the parameters one at a
+time (``gathered_state``); rank 0 keeps the full copy, in the training precision,
+saves a Hugging Face checkpoint atomically, and serves the weights to the samplers.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Sequence
 import torch
 
 from learner.broadcast import WeightGroup, flatten_state, send_state, weights_checksum
-from learner.data import SFTExample, collate, make_batches, tokenize_all
+from learner.data import SFTExample, collate, make_batches, micro_batches, target_weight, tokenize_all
 from learner.trainer import lr_factor, save_atomic, sft_loss
 from rest.config import LearnerConfig
 
@@ -42,12 +48,17 @@ def node_address() -> str:
     return ray.util.get_node_ip_address()
 
 
-def ds_config(cfg: LearnerConfig, per_rank_batch: int) -> dict:
-    """The DeepSpeed config of one fine-tune: ZeRO stage, precision, clip, torch AdamW."""
+#: torch dtype the model is loaded and trained in, per ``LearnerConfig.precision``
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def ds_config(cfg: LearnerConfig) -> dict:
+    """The DeepSpeed config of one fine-tune: micro-batch and accumulation, ZeRO stage, precision, clip, AdamW."""
+    micro, accumulation = cfg.micro_batch, cfg.gradient_accumulation_steps
     return {
-        "train_micro_batch_size_per_gpu": per_rank_batch,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": per_rank_batch * cfg.world_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro * accumulation * cfg.world_size,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": cfg.precision == "bf16"},
@@ -78,6 +89,76 @@ def unique_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
         seen.add(ptr)
         out[name] = t.detach().to("cpu", copy=True)
     return out
+
+
+def gathered_state(module: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor]:
+    """CPU copies of ``module``'s state dict (each tensor once, tied weights under the first name).
+
+    Every rank must call it (under ZeRO-3 each parameter is all-gathered from its
+    shards); only where ``keep`` is true are the copies made, the others get {}.
+    Parameters are gathered one at a time, so besides the copies a rank never holds
+    more than one full parameter: the whole model is never gathered at once. Tensors
+    keep the training dtype (bf16 training saves a consolidated 16-bit checkpoint).
+    """
+    import deepspeed
+
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, t in module.state_dict(keep_vars=True).items():
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        with deepspeed.zero.GatheredParameters([t] if hasattr(t, "ds_id") else [], modifier_rank=None):
+            if keep:
+                out[name] = t.detach().to("cpu", copy=True)
+    return out
+
+
+def attention_for(model_dir: str, wanted: str) -> str:
+    """The attention kernel to load ``model_dir`` with: ``wanted``, or for "auto" sdpa where
+    the architecture supports it (torch's fused kernel, no seq x seq weights kept) and eager elsewhere."""
+    if wanted != "auto":
+        return wanted
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)] if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING else None
+    return "sdpa" if getattr(cls, "_supports_sdpa", False) else "eager"
+
+
+def load_model(model_dir: str, cfg: LearnerConfig, ds_cfg: dict) -> tuple[torch.nn.Module, bool]:
+    """The model of one fit, loaded for memory; returns (model, whether it was built under zero.Init).
+
+    Weights load straight into the training dtype (bf16 and fp16 halve the host copy
+    of fp32) with ``attention_for``'s kernel. Under ZeRO-3, transformers builds the
+    model inside ``deepspeed.zero.Init`` (it does so while an ``HfDeepSpeedConfig`` of
+    this fit's DeepSpeed config is alive): each parameter is partitioned across the
+    ranks as it is created and the checkpoint is loaded into the shards, so no rank
+    ever materialises the whole model. The config is dropped right after loading, so
+    the next fit of this long-lived rank (perhaps at another stage) starts clean.
+    With ``cfg.gradient_checkpointing`` the decoder layers recompute their
+    activations in the backward pass (non-reentrant: correct with frozen inputs).
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    zero_init = cfg.zero_stage == 3
+    keep_alive = HfDeepSpeedConfig(ds_cfg) if zero_init else None  # transformers holds only a weakref
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            dtype=DTYPES[cfg.precision],
+            attn_implementation=attention_for(model_dir, cfg.attn_implementation),
+            use_safetensors=True,
+        )
+    finally:
+        if keep_alive is not None:
+            unset_hf_deepspeed_config()
+            del keep_alive
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model, zero_init
 
 
 def jit_built_ops() -> list[str]:
@@ -147,37 +228,54 @@ class LearnerRank:
         """Fine-tune the model in ``model_dir`` on this rank's share of ``examples``.
 
         Every rank runs the same number of steps (``make_batches`` plans one shared
-        epoch and deals each rank its part of every global batch); DeepSpeed averages
-        the gradients. Rank 0 saves the result to ``out_dir`` and keeps its weights.
-        Returns this rank's losses, steps, tokens and seconds.
+        epoch and deals each rank its part of every global batch) and, per step, the
+        same number of micro-batches (``cfg.gradient_accumulation_steps``); DeepSpeed
+        accumulates them and averages the gradients over the ranks. Each rank knows
+        every rank's plan, so it divides its micro-batch losses by the global batch's
+        token weight with no communication. Rank 0 saves the result to ``out_dir``
+        and keeps its weights. Returns this rank's losses (the global batch's token
+        mean once averaged over ranks), steps, tokens, seconds and memory settings.
         """
         import deepspeed
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # no "Loading weights" bar per fit in the driver's log
         torch.manual_seed(seed)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
         data, skipped = tokenize_all(tokenizer, examples, cfg.max_len)
         if len(data) < self.world_size:
             raise ValueError(
                 f"fit {name}: {len(data)} trainable examples cannot feed {self.world_size} ranks"
             )
-        per_rank = max(1, cfg.batch_size // self.world_size)
-        plan = [
-            b
-            for epoch in range(cfg.epochs)
-            for b in make_batches(
-                data,
-                batch_size=per_rank,
-                shuffle_seed=(seed, epoch),
-                rank=self.rank,
-                world_size=self.world_size,
-            )
+        config = ds_config(cfg)
+        micro, accumulation = cfg.micro_batch, cfg.gradient_accumulation_steps
+        plans = [  # every rank's plan: the same pure function of the seed on each rank
+            [
+                b
+                for epoch in range(cfg.epochs)
+                for b in make_batches(
+                    data,
+                    batch_size=micro * accumulation,
+                    shuffle_seed=(seed, epoch),
+                    rank=r,
+                    world_size=self.world_size,
+                )
+            ]
+            for r in range(self.world_size)
         ]
-        total = len(plan)
+        plan, total = plans[self.rank], len(plans[self.rank])
+        weight = [target_weight(t) for t in data]
+        # DeepSpeed divides each micro-batch loss by the accumulation steps and averages over ranks
+        normalizers = [
+            sum(weight[i] for p in plans for i in p[step]) / (accumulation * self.world_size)
+            for step in range(total)
+        ]
+        lengths = [len(t) for t in data]
         pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+        model, zero_init = load_model(model_dir, cfg, config)
+        attention = model.config._attn_implementation
+        param_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
 
         def schedule(optimizer):
             return torch.optim.lr_scheduler.LambdaLR(
@@ -187,25 +285,41 @@ class LearnerRank:
         engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=ds_config(cfg, per_rank),
+            config=config,
             lr_scheduler=schedule,
         )
         losses, tokens = [], 0
         engine.train()
         start = time.perf_counter()
         for step, idx in enumerate(plan):
-            batch = {k: v.to(engine.device) for k, v in collate([data[i] for i in idx], pad_id).items()}
-            loss, _ = sft_loss(engine, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"fit {name}: loss is {loss.item()} at step {step} on rank {self.rank}"
-                )
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-            tokens += int(batch["attention_mask"].sum())
+            step_loss = 0.0
+            for part in micro_batches(idx, lengths, accumulation):
+                # a short last batch leaves a part empty: it still runs (every rank must
+                # take the same passes) on one real sequence, with its loss zeroed
+                rows = [data[i] for i in (part or idx[:1])]
+                batch = {k: v.to(engine.device) for k, v in collate(rows, pad_id).items()}
+                loss, _ = sft_loss(engine, batch, normalizer=normalizers[step])
+                if not part:
+                    loss = loss * 0.0
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"fit {name}: loss is {loss.item()} at step {step} on rank {self.rank}"
+                    )
+                engine.backward(loss)
+                engine.step()  # steps the optimizer (and lr) at the last micro-batch only
+                step_loss += loss.item()
+                tokens += int(batch["attention_mask"].sum()) if part else 0
+            losses.append(step_loss / accumulation)
         seconds = time.perf_counter() - start
         engine.eval()
+        memory = {
+            "micro_batch": micro,
+            "accumulation": accumulation,
+            "gradient_checkpointing": bool(getattr(engine.module, "is_gradient_checkpointing", False)),
+            "attention": attention,
+            "zero_init": zero_init,
+            "dtype": param_dtype,
+        }
         meta = {
             "name": name,
             "seed": seed,
@@ -216,6 +330,7 @@ class LearnerRank:
             "world_size": self.world_size,
             "precision": cfg.precision,
             "final_loss": losses[-1],
+            **memory,
         }
         self._keep_weights(engine, tokenizer, out_dir, meta)
         jit = jit_built_ops()
@@ -230,19 +345,19 @@ class LearnerRank:
             "skipped": skipped,
             "checksum": self._checksum if self.rank == 0 else None,
             "jit_ops": jit,
+            "memory": memory,
         }
 
     def _keep_weights(self, engine, tokenizer, out_dir: str, meta: dict) -> None:
-        """Gather full parameters (a no-op below ZeRO-3); rank 0 copies them and saves the checkpoint."""
-        import deepspeed
-
-        module = engine.module
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            if self.rank == 0:
-                self._state = unique_state(module)
-                self._flat = None
-                self._checksum = weights_checksum(self._state)
-                save_atomic(module, tokenizer, out_dir, meta={**meta, "checksum": self._checksum})
+        """Gather the parameters one at a time (``gathered_state``); rank 0 keeps them and saves the checkpoint."""
+        state = gathered_state(engine.module, keep=self.rank == 0)
+        if self.rank == 0:
+            self._state = state
+            self._flat = None
+            self._checksum = weights_checksum(state)
+            save_atomic(
+                engine.module, tokenizer, out_dir, meta={**meta, "checksum": self._checksum}, state_dict=state
+            )
 
     # ------------------------------------------------------------ weights (rank 0)
 

@@ -168,7 +168,11 @@ class LearnerConfig:
     backend: Literal["auto", "gloo", "nccl"] = _f("auto", "torch.distributed backend (auto: nccl with GPUs, else gloo).")
     lr: float = _f(1e-3, "Peak learning rate (AdamW, warmup then cosine decay).", min=0.0)
     epochs: int = _f(2, "Passes over the growing batch per fine-tune.", min=1)
-    batch_size: int = _f(32, "Global batch size in examples (split across ranks).", min=1)
+    batch_size: int = _f(32, "Global batch size in examples per optimizer step (split across ranks).", min=1)
+    micro_batch_size: int = _f(
+        0, "Examples per rank in one forward/backward (0: batch_size / world_size); "
+        "batch_size / (micro_batch_size x world_size) micro-batches accumulate into each step.", min=0,
+    )
     max_len: int = _f(512, "Token cap of one example (prompt cut from the left).", min=16)
     warmup_steps: int = _f(10, "Linear warmup steps.", min=0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
@@ -180,6 +184,29 @@ class LearnerConfig:
         "object_store", "Weight broadcast: the Ray object store, or a gloo/NCCL group from rank 0 to the samplers."
     )
     timeout_s: float = _f(1800.0, "Longest a fine-tune may take before the generation fails.", min=1.0)
+    gradient_checkpointing: bool = _f(
+        False, "Recompute each layer's activations in the backward pass (less memory, about a third more compute)."
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = _f(
+        "auto", "Attention kernel of the trained model (auto: sdpa where the architecture supports it, else eager)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size and self.batch_size % (self.micro_batch_size * self.world_size):
+            raise ConfigError(
+                f"micro_batch_size: batch_size {self.batch_size} is not a multiple of micro_batch_size "
+                f"{self.micro_batch_size} x world_size {self.world_size}"
+            )
+
+    @property
+    def micro_batch(self) -> int:
+        """Examples per rank in one forward/backward: ``micro_batch_size``, or the rank's whole share."""
+        return self.micro_batch_size or max(1, self.batch_size // self.world_size)
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        """Micro-batches per rank whose gradients add up to one optimizer step."""
+        return max(1, self.batch_size // (self.micro_batch * self.world_size))
 
 
 @dataclass
@@ -384,7 +411,10 @@ def build_section(cls: type, raw: Any, where: str, source: str) -> Any:
         if problem:
             raise ConfigError(f"{source}: {dotted}: {problem}")
         values[key] = value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as e:  # a check across keys (``__post_init__``) names its key first
+        raise ConfigError(f"{source}: {where}.{e}") from None
 
 
 def _apply_override(raw: dict[str, Any], assignment: str) -> None:
