@@ -47,7 +47,8 @@ def _llama(hidden: int, layers: int, heads: int, ffn: int, kv_heads: int | None 
 #: Parameter counts measured with ``count_params`` at vocabulary 2048 (tied embeddings).
 MODEL_SIZES: dict[str, dict] = {
     "tiny": _llama(32, 1, 1, 64),  # 75,872 params (vLLM's CPU attention needs heads >= 32 wide)
-    "XS": _llama(64, 3, 2, 128),  # 254,400 params (2 layers could not copy a name after "by": README)
+    # XS: S with half its FFN. 64 wide (2 heads) it never learned to copy: docs/world-build.md
+    "XS": _llama(96, 2, 3, 128),  # 344,544 params
     "S": _llama(96, 2, 3, 256),  # 418,272 params
     "L": _llama(128, 4, 4, 320),  # 1,016,960 params
     "M3": _llama(256, 4, 8, 512),  # 3,148,032 params
