@@ -1,9 +1,14 @@
-"""Search speed: BM25 batched vs one query at a time, single-query latency, and the HTTP
-server's throughput seen from a second process.
+"""Search speed: BM25 batched vs one query at a time, single-query latency, the HTTP
+server's throughput seen from a second process, and the server under concurrent load.
 
 Corpus: the largest shared one (wiki_multihop, 43,720 passages); queries: the HotpotQA
 dev-eval questions. Every figure in one dict comes from one run, side by side, so the
 ratios are meaningful on a noisy machine even when the absolute numbers are not.
+
+The load test (``benchmarks.load_search``) drives LOAD_CLIENTS concurrent clients, one query
+per request and no retries, against the FastAPI server and the standard-library server it
+replaced (``benchmarks.stdlib_search_server``), alternating between them; it reports the
+connection errors, p50/p99 latency and requests per second of each.
 
     python -m benchmarks.bench_search [--quick]
 """
@@ -23,12 +28,14 @@ from actors.search.bm25 import BM25Search
 from actors.search.http import HttpSearch
 from actors.search.server import make_server
 from benchmarks.common import row as summary_row
+from benchmarks.load_search import compare as compare_under_load
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "corpus" / "wiki_multihop.jsonl.gz"
 QUESTIONS = REPO / "data" / "hotpotqa_dev_eval.jsonl"
 TOPK = 3
 HTTP_BATCH = 32
+LOAD_CLIENTS = 32
 
 
 def _questions(n: int) -> list[str]:
@@ -113,12 +120,22 @@ def run(quick: bool = False) -> dict:
     results[f"http_batch{HTTP_BATCH}_qps"] = batch["qps"]
     results["http_single_vs_direct_single"] = single["qps"] / results["single_qps"]
     results[f"http_batch{HTTP_BATCH}_vs_http_single"] = batch["qps"] / single["qps"]
+
+    per_client, rounds = (20, 1) if quick else (100, 3)
+    under_load = compare_under_load(backend, queries, LOAD_CLIENTS, per_client, rounds)
+    results["load"] = {"clients": LOAD_CLIENTS, "requests_per_client": per_client, "rounds": rounds, **under_load}
+    new, old = under_load["fastapi"], under_load["stdlib"]
     where = f"{CORPUS.name.split('.')[0]}, {results['passages']:,} passages"
     results["summary"] = [
         summary_row(f"BM25 over {where}: batched vs one by one (p99 {results['single_p99_ms']:.1f} ms)",
                     results["batched_qps"], results["single_qps"], "q/s"),
         summary_row(f"BM25 HTTP server from a second process: {HTTP_BATCH} queries per request vs 1",
                     batch["qps"], single["qps"], "q/s"),
+        summary_row(f"server under {LOAD_CLIENTS}x{per_client}: FastAPI vs stdlib (conn errors "
+                    f"{new['connection_errors_all_rounds']} vs {old['connection_errors_all_rounds']})",
+                    new["requests_per_s"], old["requests_per_s"], "req/s"),
+        summary_row(f"server under {LOAD_CLIENTS}x{per_client}: p99 latency, FastAPI vs stdlib",
+                    new["p99_ms"], old["p99_ms"], "ms"),
     ]
     return results
 

@@ -145,7 +145,10 @@ def test_bench_run_writes_results_with_machine_facts_and_summary(tmp_path, capsy
     assert m["cpus"] >= 1 and "load_before" in m and "load_after" in m and m["cpu_model"]
     assert results["search"]["bench_seconds"] > 0 and results["search"]["passages"] > 1000
     rows = results["summary"]
-    assert rows == results["search"]["summary"] and len(rows) == 2
+    assert rows == results["search"]["summary"] and len(rows) == 4
+    load = results["search"]["load"]
+    for server in ("fastapi", "stdlib"):  # every request of the load test was sent and counted
+        assert load[server]["requests"] == load["clients"] * load["requests_per_client"]
     for r in rows:
         assert set(r) == {"what", "ours", "baseline", "unit", "ratio", "value", "target", "met"}
         assert r["ours"] > 0 and r["baseline"] > 0 and r["ratio"] == pytest.approx(r["ours"] / r["baseline"])
