@@ -102,6 +102,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg.search = dataclasses.replace(cfg.search, backend="http", url=args.search_url)
 
     check_judge(cfg.eval, llm_judge_given=True)
+    if cfg.eval.judge == "llm":  # a judge missing offline fails now, not after the whole agent run
+        from rest.hub import resolve_model
+
+        resolve_model(cfg.eval.judge_model)
     try:
         data = read_dataset(args.dataset, cfg.world.dir or None)
     except DatasetError as e:

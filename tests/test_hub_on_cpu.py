@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,23 @@ def test_download_offline_checks_every_model_a_config_names(hub_cache, model_dir
     assert f"{REPO_ID}: {hub_cache}" in out and f"commit {NEW}; models.policy, eval.judge_model)" in out
     assert f"{model_dir}: {model_dir} (local directory; models.students.S)" in out
     assert "2 of 2 models ready" in out
+
+
+def test_transformers_loads_the_hub_id_from_the_same_cache_offline(hub_cache, tmp_path):
+    """What the learner ranks do with a hub id (``from_pretrained``), in a fresh process whose
+    HF_HUB_CACHE is the run's: the model the run checked at its start loads with no hub."""
+    code = ("from transformers import AutoModelForCausalLM, AutoTokenizer; "
+            f"AutoTokenizer.from_pretrained({REPO_ID!r}); "
+            f"m = AutoModelForCausalLM.from_pretrained({REPO_ID!r}, use_safetensors=True); "
+            "print(m.config._name_or_path, m.num_parameters())")
+    env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[0] == REPO_ID
+
+
+def test_eval_with_a_judge_missing_offline_stops_before_the_agent_runs(hub_cache, model_dir, capsys):
+    code = main(["eval", "--model", REPO_ID, "--dataset", "bamboogle", "--closed-book",
+                 "--judge-model", "test-org/judge-not-cached"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "model test-org/judge-not-cached is neither" in err
