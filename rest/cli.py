@@ -248,7 +248,9 @@ def cmd_serve_search(args: argparse.Namespace) -> int:
 
     if not os.path.isfile(args.corpus):
         raise ConfigError(f"--corpus: file not found: {args.corpus}")
-    return serve_search_main(args.corpus, args.host, args.port, args.cache_dir)
+    if args.workers < 1:
+        raise ConfigError(f"--workers: must be >= 1, got {args.workers}")
+    return serve_search_main(args.corpus, args.host, args.port, args.cache_dir, args.workers)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -372,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--cache-dir", default=".cache/bm25", help="where the BM25 index is cached")
+    p.add_argument("--workers", type=int, default=1,
+                   help="search processes, each holding the index (default: 1, a thread of the server)")
     p.set_defaults(func=cmd_serve_search)
 
     p = sub.add_parser(

@@ -4,7 +4,10 @@ failures that stay with the request that caused them. Small numbers; no timing i
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -137,3 +140,34 @@ def test_a_taken_port_fails_when_the_server_is_made():
             make_server(Gated(), "127.0.0.1", s.getsockname()[1])
     with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
         make_server(Gated(), "127.0.0.1", 0, threads=0)
+
+
+@pytest.mark.timeout(300)
+def test_serve_search_with_worker_processes_answers_correctly_and_stops_on_ctrl_c(bm25, tmp_path):
+    """``rest-react serve-search --workers 2``: the searches run in 2 processes holding the index."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rest", "serve-search", "--corpus", str(CORPUS), "--port", str(port),
+         "--cache-dir", str(tmp_path), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).parents[1])
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"serving 1800 passages at http://127.0.0.1:{port}/retrieve"), line
+        assert "2 search processes" in line
+        queries = [f"{WORDS[i % 8]} {WORDS[(5 * i + 2) % 8]}" for i in range(20)]
+        expect = {q: [p.id for p in ps] for q, ps in zip(queries, bm25.search(queries, 3), strict=True)}
+        result = drive(f"http://127.0.0.1:{port}/retrieve", queries, clients=8, requests_per_client=5, expect=expect)
+        assert result["ok"] == 40 and result["connection_errors"] == 0, result
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "stopped" in out and "Traceback" not in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -16,6 +16,9 @@ thousands of keep-alive connections on one thread, without a thread each.
 The backend never runs on the event loop: each request's ``backend.search`` is queued to
 a thread pool (``threads`` workers, default 1: bm25s is not documented thread-safe), whose
 worker takes the next call as soon as one ends, while the loop reads and answers HTTP.
+``rest-react serve-search --workers N`` runs the BM25 searches in N processes instead, each
+holding the index, so that a retriever host's cores all search at once (threads cannot:
+the GIL; the old server could not either: one lock).
 Requests are not gathered into batched backend calls: bm25s scores and sorts each query
 on its own, and under 32 clients on 2 cores a gathered call cost more per query (7.9 ms)
 than single ones (5.8 ms), while its requests all waited for the slowest. Binds
@@ -31,7 +34,7 @@ import signal
 import socket
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 from actors.search.base import SearchBackend, SearchError
@@ -142,7 +145,8 @@ class SearchServer:
     The method names are the standard library server's, which this one replaced.
     """
 
-    def __init__(self, backend: SearchBackend, host: str = "127.0.0.1", port: int = 8000, threads: int = 1):
+    def __init__(self, backend: SearchBackend, host: str = "127.0.0.1", port: int = 8000, threads: int = 1,
+                 executor: Executor | None = None):
         import uvicorn
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -159,7 +163,7 @@ class SearchServer:
             self.socket.close()
             raise ValueError(f"threads must be >= 1, got {threads}")
         # backend calls at once (see the module doc); the threads keep them off the event loop
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="search-backend")
+        self.executor = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="search-backend")
         self.app = make_app(backend, self.executor)
         config = uvicorn.Config(self.app, log_config=None, log_level="warning", access_log=False, lifespan="off",
                                 timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=5, backlog=BACKLOG)
@@ -187,21 +191,71 @@ class SearchServer:
 
     def server_close(self) -> None:
         self.socket.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor.shutdown(wait=isinstance(self.executor, ProcessPoolExecutor), cancel_futures=True)
 
 
-def make_server(backend: SearchBackend, host: str = "127.0.0.1", port: int = 8000, threads: int = 1) -> SearchServer:
+def make_server(backend: SearchBackend, host: str = "127.0.0.1", port: int = 8000, threads: int = 1,
+                executor: Executor | None = None) -> SearchServer:
     """A ready-to-run server (call ``serve_forever``); port 0 picks a free port (see ``server_address``).
 
     ``threads``: backend calls at once; more than 1 only for a thread-safe backend.
+    ``executor``: where ``backend.search`` runs instead (``bm25_worker_pool``).
     """
-    return SearchServer(backend, host, port, threads)
+    return SearchServer(backend, host, port, threads, executor)
+
+
+#: the BM25 index of a worker process of ``bm25_worker_pool``
+_worker_index = None
+
+
+def _load_worker_index(corpus: str, cache_dir: str) -> None:
+    global _worker_index
+    from actors.search.bm25 import BM25Search
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops the pool
+
+    _worker_index = BM25Search(corpus, cache_dir)
+
+
+class WorkerBM25:
+    """Stands in the server for the BM25 index every worker process of the pool holds: its
+    ``search`` is pickled as a reference and runs in whichever worker takes the call."""
+
+    def __init__(self, passages: int):
+        self.passages = passages
+
+    def __len__(self) -> int:
+        return self.passages
+
+    def search(self, queries: list[str], topk: int):
+        if _worker_index is None:
+            raise SearchError("this process holds no BM25 index (WorkerBM25 runs in bm25_worker_pool)")
+        return _worker_index.search(queries, topk)
+
+
+def bm25_worker_pool(corpus: str, cache_dir: str, workers: int, passages: int) -> tuple[WorkerBM25, Executor]:
+    """``workers`` processes that each load the (already cached) BM25 index of ``corpus``, all
+    started and warm on return, and the backend whose searches run in them."""
+    import multiprocessing
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_load_worker_index, initargs=(str(corpus), str(cache_dir)))
+    backend = WorkerBM25(passages)
+    warm = [pool.submit(backend.search, ["warm up"], 1) for _ in range(workers)]  # each submit starts a worker
+    for f in warm:
+        f.result(timeout=600)
+    return backend, pool
 
 
 def serve_search_main(
-    corpus: str, host: str = "127.0.0.1", port: int = 8000, cache_dir: str = ".cache/bm25"
+    corpus: str, host: str = "127.0.0.1", port: int = 8000, cache_dir: str = ".cache/bm25", workers: int = 1
 ) -> int:
-    """``rest-react serve-search``: a BM25 retriever over ``corpus`` until Ctrl-C; 0 on a clean stop."""
+    """``rest-react serve-search``: a BM25 retriever over ``corpus`` until Ctrl-C; 0 on a clean stop.
+
+    ``workers`` > 1: the searches run in that many processes (``bm25_worker_pool``).
+    """
     from actors.search.bm25 import BM25Search
 
     try:
@@ -209,9 +263,14 @@ def serve_search_main(
     except SearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    executor = None
+    if workers > 1:  # the index is built and cached above, once; each worker loads it
+        backend, executor = bm25_worker_pool(corpus, cache_dir, workers, len(backend))
     try:
-        server = make_server(backend, host, port)
+        server = make_server(backend, host, port, executor=executor)
     except OSError as e:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
         print(f"error: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
         return 2
     h, p = server.server_address[:2]
@@ -220,7 +279,8 @@ def serve_search_main(
     # gracefully, then raises the signal again, which lands here as KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    print(f"serving {len(backend)} passages at http://{h}:{p}/retrieve (Ctrl-C stops)", flush=True)
+    where = f", {workers} search processes" if workers > 1 else ""
+    print(f"serving {len(backend)} passages at http://{h}:{p}/retrieve (Ctrl-C stops{where})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
