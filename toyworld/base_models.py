@@ -71,9 +71,9 @@ def _loss_ends(losses: list[float], window: int) -> tuple[float, float]:
 def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, out_dir: str,
                init_seed: int, q, niceness: int = 0, drill: TrainConfig | None = None,
                drill_mix: float = 0.0, find_share: float = 0.0, probes: dict | None = None,
-               check_every: int = 0) -> None:
+               check_every: int = 0, stop: SkillGate | None = None) -> None:
     """Child process: init a ``size`` Llama, drill it (``toyworld.drill``), train it on ``examples``
-    measuring its skills on the ``probes`` as it goes, save it."""
+    measuring its skills on the ``probes`` as it goes (and stopping once they reach ``stop``), save it."""
     try:
         if niceness and hasattr(os, "nice"):
             os.nice(niceness)
@@ -110,7 +110,7 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
             scores = measure(m, tokenizer, probes)
             skills.append({"step": step, **scores})
             q.put(("skills", size, step, scores))
-            return False  # the gate is checked once the steps are done (the lr schedule runs its course)
+            return stop is not None and not stop.missing(scores)
 
         result = train(model, tokenizer, examples, cfg, out_dir=out_dir, progress=False,
                        check=check if probes else None, check_every=check_every)
@@ -153,6 +153,7 @@ def train_bases(
     find_share: dict[str, float] | None = None,
     probes: dict[str, list[SFTExample]] | None = None,
     gates: dict[str, SkillGate] | None = None,
+    stops: dict[str, SkillGate] | None = None,
     check_every: int = 0,
     progress: bool = True,
     timeout_s: float = 3600.0,
@@ -162,9 +163,10 @@ def train_bases(
     A size in ``drills`` first runs that drill (``toyworld.drill``; ``find_share[size]`` of it
     find examples); ``drill_mix`` adds that fraction of (other) drill examples to the main
     data. With ``probes``, every ``check_every`` steps each size's skills are measured
-    (``toyworld.skills``) and recorded; a size that ends below its gate (``gates``) fails
-    the build with a ``SkillGateError`` naming the model, the skill and the measured accuracy. Writes ``<models_dir>/<size>-base`` for each size;
-    returns size -> training summary. The largest size (``modelzoo.body_params``) keeps
+    (``toyworld.skills``) and recorded; a size whose skills reach its ``stops`` entry ends its
+    main run there (its ``max_steps`` is the budget); a size that ends below its gate
+    (``gates``) fails the build with a ``SkillGateError`` naming the model, the skill and the
+    measured accuracy. Writes ``<models_dir>/<size>-base`` for each size; returns size -> training summary. The largest size (``modelzoo.body_params``) keeps
     normal priority, the others are niced. A failing process is a RuntimeError naming its
     size (the others are stopped).
     """
@@ -183,7 +185,7 @@ def train_bases(
             args=(size, str(tokenizer_dir), list(examples), cfg, str(models / f"{size}-base"), init_seed, q,
                   0 if size == largest else SMALL_NICENESS, (drills or {}).get(size), drill_mix,
                   (find_share or {}).get(size, 0.0),
-                  probes, check_every),
+                  probes, check_every, (stops or {}).get(size) if probes else None),
             name=f"train-{size}",
         )
         for size, cfg in configs.items()

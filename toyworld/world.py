@@ -78,6 +78,8 @@ class Recipe:
     find_share: dict[str, float] = field(default_factory=dict)
     #: per size, the probe accuracy per skill a base must reach (``toyworld.skills``); absent: not probed
     gates: dict[str, SkillGate] = field(default_factory=dict)
+    #: per size, the skills at which its main run stops before its budget (``max_steps``); absent: never
+    stops: dict[str, SkillGate] = field(default_factory=dict)
     #: steps between two skill measurements (recorded in world.json; the gate is checked after the last)
     check_every: int = 250
     #: demonstrations trained as plain language modelling (every token a target), not completion-only
@@ -234,7 +236,7 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, threads: int, progr
     with phase("train"):
         trained = train_bases(examples, root / "tokenizer", root / "models", recipe.train, init_seed=seed,
                               drills=recipe.drills, drill_mix=recipe.drill_mix, find_share=recipe.find_share,
-                              probes=probes, gates=recipe.gates, check_every=recipe.check_every,
+                              probes=probes, gates=recipe.gates, stops=recipe.stops, check_every=recipe.check_every,
                               progress=progress)
         warm = link_warm(root / "models") if "L" in trained else None
     with phase("eval"):
@@ -264,6 +266,7 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, threads: int, progr
                           "drills": {s: dataclasses.asdict(c) for s, c in recipe.drills.items()},
                           "drill_mix": recipe.drill_mix, "find_share": recipe.find_share,
                           "gates": {k: dataclasses.asdict(g) for k, g in recipe.gates.items()},
+                          "stops": {k: dataclasses.asdict(g) for k, g in recipe.stops.items()},
                           "check_every": recipe.check_every},
         "tokenizer": {"vocab_size": recipe.vocab_size},
         "models": {s: {**trained[s], "dir": f"models/{s}-base"} for s in trained},
