@@ -237,6 +237,10 @@ class RestConfig:
     call_timeout_s: float = _f(900.0, "Longest any one Ray call may take before it counts as failed.", min=1.0)
     max_task_retries: int = _f(2, "Times a failed sampler task is resubmitted to another replica.", min=0)
     max_train_questions: int = _f(0, "Use only the first N training questions (0 = all; smoke runs).", min=0)
+    fresh_questions: bool = _f(
+        False, "Each generation rolls out on its own share of the training questions (every "
+        "generations-th one), never seen by the policy it fine-tunes; false: every generation uses them all."
+    )
     num_search_actors: int = _f(1, "SearchActor replicas the samplers share (sampler i uses actor i mod M).", min=1)
     search_num_cpus: float = _f(0.25, "CPUs reserved per search actor.", min=0.0)
 

@@ -145,7 +145,7 @@ class ReSTLoop:
         """Every training question, ``tpq`` trajectories each, at the current policy version."""
         tpq = self.cfg.rest.trajectories_per_question[min(gen, len(self.cfg.rest.trajectories_per_question)) - 1]
         version = self.state.version
-        ids = [q.id for q in self.train.questions]
+        ids = self.rollout_question_ids(gen)
         tasks = make_tasks(ids, self.cfg.rest.questions_per_task, lambda i: self._seed(gen, f"rollout-{i}"))
         t_phase = time.perf_counter()
         pool = self.pool  # the samplers start on first use: their start-up is part of this phase
@@ -174,6 +174,16 @@ class ReSTLoop:
                 "tokens_per_s": round(c["generated_tokens"] / max(seconds, 1e-9), 1),
                 "resubmitted": delta["resubmitted"], "replaced": delta["replaced"],
                 "held_out_hidden": self._hidden_passages() - hidden_before, "rollout_breakdown": breakdown}
+
+    def rollout_question_ids(self, gen: int) -> list[str]:
+        """The training questions generation ``gen`` rolls out on: all of them, or with
+        ``rest.fresh_questions`` its own disjoint share, so each generation's batch is made on
+        questions the policy that makes it has never been fine-tuned on."""
+        ids = [q.id for q in self.train.questions]
+        if not self.cfg.rest.fresh_questions:
+            return ids
+        shares = self.cfg.rest.generations
+        return ids[(gen - 1) % shares::shares]
 
     def rank(self, gen: int) -> dict[str, Any]:
         """The rankers fill ``scores``/``ranker_best`` on every LLM step, in place in the trajectory file."""
