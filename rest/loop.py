@@ -45,6 +45,7 @@ from learner.data import SFTExample
 from rest.batch import GrowingBatch, clears, distinct_examples, read_jsonl, step_records, write_jsonl
 from rest.config import Config
 from rest.evaluation import score, trajectory_counters
+from rest.hub import resolve_model
 from rest.leakage import HeldOut
 from rest.metrics import RunMetrics
 from rest.run_dir import RunDir
@@ -237,7 +238,7 @@ class ReSTLoop:
         if not examples:
             raise RunError(f"gen {gen} finetune: the growing batch has no examples (no sampled step parsed; "
                            f"see {self.run.trajectories(gen)})")
-        fit = self.learner.fit(self.cfg.models.policy, examples, str(out), seed=self._seed(gen, "fit-L"), name="L")
+        fit = self.learner.fit(self._local(self.cfg.models.policy), examples, str(out), seed=self._seed(gen, "fit-L"), name="L")
         self._fitted_policy = gen
         return {**self._fit_counters(fit), "repeats_dropped": repeats}
 
@@ -267,7 +268,7 @@ class ReSTLoop:
                 out[name] = {"checkpoint": str(ckpt), "kept": True}
                 continue
             examples, _ = self._training_examples(gen)
-            fit = self.learner.fit(start, examples, str(ckpt), seed=self._seed(gen, f"fit-{name}"), name=name)
+            fit = self.learner.fit(self._local(start), examples, str(ckpt), seed=self._seed(gen, f"fit-{name}"), name=name)
             self._fitted_policy = None
             out[name] = self._fit_counters(fit)
         return {"students": out}
@@ -312,6 +313,10 @@ class ReSTLoop:
         name = self.eval_sets[0].name
         s = json.loads((self.run.eval_dir(0, "L", name) / "score.json").read_text())
         return warm_start_warning(s["accuracy"], s["dataset"], "measured at gen 0")
+
+    def _local(self, model: str) -> str:
+        """A model's directory: itself, or a hub id's snapshot at the commit the run pinned at its start."""
+        return str(resolve_model(model, self.cfg.models.revisions.get(model)).path)
 
     def _training_examples(self, gen: int) -> tuple[list[SFTExample], int]:
         """What every model of generation ``gen`` trains on, and how many repeats were left out: the
@@ -432,7 +437,7 @@ class ReSTLoop:
         if c.kind == "oracle":
             gold = {q.id: {"answers": list(q.answers), **self.train.extras.get(q.id, {})} for q in self.train.questions}
         return [RankerActor.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, name=self._name(f"ranker-{i}"))
-                .remote(c, gold) for i in range(c.num_actors)]
+                .remote(c, gold, revisions=self.cfg.models.revisions) for i in range(c.num_actors)]
 
     @cached_property
     def learner(self):

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -71,9 +71,11 @@ def _loss_ends(losses: list[float], window: int) -> tuple[float, float]:
 def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, out_dir: str,
                init_seed: int, q, niceness: int = 0, drill: TrainConfig | None = None,
                drill_mix: float = 0.0, find_share: float = 0.0, probes: dict | None = None,
-               check_every: int = 0, stop: SkillGate | None = None) -> None:
+               check_every: int = 0, gate: SkillGate | None = None, extend: TrainConfig | None = None,
+               max_extensions: int = 0) -> None:
     """Child process: init a ``size`` Llama, drill it (``toyworld.drill``), train it on ``examples``
-    measuring its skills on the ``probes`` as it goes (and stopping once they reach ``stop``), save it."""
+    measuring its skills on the ``probes`` as it goes, train on (``extend``, at most ``max_extensions``
+    times) while they are below its ``gate``, save it."""
     try:
         if niceness and hasattr(os, "nice"):
             os.nice(niceness)
@@ -105,26 +107,36 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
         if mixed:  # fresh drill examples among the world's, so the copying is kept up
             examples = examples + drill_examples(tokenizer, mixed, init_seed + 1, find_share)
         skills: list[dict] = []
+        done = 0  # steps before the current training run
 
         def check(step: int, m) -> bool:
             scores = measure(m, tokenizer, probes)
-            skills.append({"step": step, **scores})
-            q.put(("skills", size, step, scores))
-            return stop is not None and not stop.missing(scores)
+            skills.append({"step": done + step, **scores})
+            q.put(("skills", size, done + step, scores))
+            return extending and not gate.missing(scores)  # an extension ends once the gate is met
 
+        extending = False
         result = train(model, tokenizer, examples, cfg, out_dir=out_dir, progress=False,
                        check=check if probes else None, check_every=check_every)
         first, final = _loss_ends(result.losses, cfg.log_every)
+        runs = [result]
+        while (probes and gate is not None and extend is not None and len(runs) <= max_extensions
+               and gate.missing(skills[-1])):
+            done, extending = done + runs[-1].steps, True
+            runs.append(train(model, tokenizer, examples, replace(extend, seed=extend.seed + len(runs)),
+                              out_dir=out_dir, progress=False, check=check, check_every=check_every))
+        final = _loss_ends(runs[-1].losses, cfg.log_every)[1]
         q.put(("done", size, {
             "size": size,
             "params": count_params(out_dir),
-            "steps": result.steps,
+            "steps": sum(r.steps for r in runs),
+            "extensions": [r.steps for r in runs[1:]],
             "first_loss": first,
             "final_loss": final,
             "weight_change": round(_weight_change(before, model.state_dict()), 4),
-            "tokens": result.tokens,
+            "tokens": sum(r.tokens for r in runs),
             "tokens_per_s": round(result.tokens_per_s),
-            "seconds": round(result.seconds, 1),
+            "seconds": round(sum(r.seconds for r in runs), 1),
             "skipped": result.skipped,
             "precision": result.precision,
             "config": asdict(cfg),
@@ -153,7 +165,8 @@ def train_bases(
     find_share: dict[str, float] | None = None,
     probes: dict[str, list[SFTExample]] | None = None,
     gates: dict[str, SkillGate] | None = None,
-    stops: dict[str, SkillGate] | None = None,
+    extend: dict[str, TrainConfig] | None = None,
+    max_extensions: int = 0,
     check_every: int = 0,
     progress: bool = True,
     timeout_s: float = 3600.0,
@@ -163,9 +176,9 @@ def train_bases(
     A size in ``drills`` first runs that drill (``toyworld.drill``; ``find_share[size]`` of it
     find examples); ``drill_mix`` adds that fraction of (other) drill examples to the main
     data. With ``probes``, every ``check_every`` steps each size's skills are measured
-    (``toyworld.skills``) and recorded; a size whose skills reach its ``stops`` entry ends its
-    main run there (its ``max_steps`` is the budget); a size that ends below its gate
-    (``gates``) fails the build with a ``SkillGateError`` naming the model, the skill and the
+    (``toyworld.skills``) and recorded; a gated size below its gate (``gates``) after its
+    steps trains on with ``extend[size]`` (a short low-lr run, ending once the gate is met), at
+    most ``max_extensions`` times; a size that still ends below its gate fails the build with a ``SkillGateError`` naming the model, the skill and the
     measured accuracy. Writes ``<models_dir>/<size>-base`` for each size; returns size -> training summary. The largest size (``modelzoo.body_params``) keeps
     normal priority, the others are niced. A failing process is a RuntimeError naming its
     size (the others are stopped).
@@ -185,7 +198,7 @@ def train_bases(
             args=(size, str(tokenizer_dir), list(examples), cfg, str(models / f"{size}-base"), init_seed, q,
                   0 if size == largest else SMALL_NICENESS, (drills or {}).get(size), drill_mix,
                   (find_share or {}).get(size, 0.0),
-                  probes, check_every, (stops or {}).get(size) if probes else None),
+                  probes, check_every, (gates or {}).get(size), (extend or {}).get(size), max_extensions),
             name=f"train-{size}",
         )
         for size, cfg in configs.items()

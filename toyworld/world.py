@@ -78,8 +78,10 @@ class Recipe:
     find_share: dict[str, float] = field(default_factory=dict)
     #: per size, the probe accuracy per skill a base must reach (``toyworld.skills``); absent: not probed
     gates: dict[str, SkillGate] = field(default_factory=dict)
-    #: per size, the skills at which its main run stops before its budget (``max_steps``); absent: never
-    stops: dict[str, SkillGate] = field(default_factory=dict)
+    #: per gated size, what it trains on with while its skills are below its gate after its steps:
+    #: a short low-lr run that ends once the gate is met (the build's budget is ``max_extensions`` of them)
+    extend: dict[str, TrainConfig] = field(default_factory=dict)
+    max_extensions: int = 0
     #: steps between two skill measurements (recorded in world.json; the gate is checked after the last)
     check_every: int = 250
     #: demonstrations trained as plain language modelling (every token a target), not completion-only
@@ -114,7 +116,11 @@ RECIPES: dict[str, Recipe] = {
         find_share={"L": 0.5, "S": 0.5, "XS": 0.5},
         mask_first_mentions=True,
         gates={"L": SkillGate(copy=0.5, query=0.9, answer=0.8), "S": SkillGate(), "XS": SkillGate()},
-        check_every=500,
+        # world seed 2 ended its 2,000 steps at query 89%: L trains on, 500 steps at a time at a tenth
+        # of its lr, until it meets its gate (docs/world-build.md)
+        extend={"L": _train(500, 2e-4)},
+        max_extensions=2,
+        check_every=250,
     ),
     "tiny": Recipe(
         world=WorldSize.tiny(),
@@ -158,7 +164,9 @@ def build_world(out_dir: str | os.PathLike, seed: int, size: str = "default", *,
         recipe = dataclasses.replace(recipe, train={k: dataclasses.replace(c, num_threads=threads)
                                                     for k, c in recipe.train.items()},
                                      drills={k: dataclasses.replace(c, num_threads=threads)
-                                             for k, c in recipe.drills.items()})
+                                             for k, c in recipe.drills.items()},
+                                     extend={k: dataclasses.replace(c, num_threads=threads)
+                                             for k, c in recipe.extend.items()})
         record = _build(tmp, seed, size, recipe, threads, progress)
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -236,7 +244,8 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, threads: int, progr
     with phase("train"):
         trained = train_bases(examples, root / "tokenizer", root / "models", recipe.train, init_seed=seed,
                               drills=recipe.drills, drill_mix=recipe.drill_mix, find_share=recipe.find_share,
-                              probes=probes, gates=recipe.gates, stops=recipe.stops, check_every=recipe.check_every,
+                              probes=probes, gates=recipe.gates, extend=recipe.extend,
+                              max_extensions=recipe.max_extensions, check_every=recipe.check_every,
                               progress=progress)
         warm = link_warm(root / "models") if "L" in trained else None
     with phase("eval"):
@@ -266,7 +275,8 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, threads: int, progr
                           "drills": {s: dataclasses.asdict(c) for s, c in recipe.drills.items()},
                           "drill_mix": recipe.drill_mix, "find_share": recipe.find_share,
                           "gates": {k: dataclasses.asdict(g) for k, g in recipe.gates.items()},
-                          "stops": {k: dataclasses.asdict(g) for k, g in recipe.stops.items()},
+                          "extend": {k: dataclasses.asdict(c) for k, c in recipe.extend.items()},
+                          "max_extensions": recipe.max_extensions,
                           "check_every": recipe.check_every},
         "tokenizer": {"vocab_size": recipe.vocab_size},
         "models": {s: {**trained[s], "dir": f"models/{s}-base"} for s in trained},

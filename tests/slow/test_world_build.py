@@ -132,35 +132,23 @@ def test_refuses_to_overwrite_a_directory_that_is_not_a_world(tmp_path):
 
 
 def test_a_base_below_its_skill_gate_stops_the_build_with_one_line(tmp_path, monkeypatch):
-    """A gate no tiny base can meet: the build fails naming the model, the skill and the accuracy, and
-    leaves no world behind."""
+    """A gate no tiny base can meet: L trains on through both its extensions, then the build fails naming
+    the model, the skill, the accuracy and every step it took, and leaves no world behind."""
     import dataclasses
     import re
 
+    from learner.trainer import TrainConfig
     from toyworld import world as w
     from toyworld.skills import SkillGate, SkillGateError
 
-    gated = dataclasses.replace(w.RECIPES["tiny"], gates={"L": SkillGate(copy=1.0)}, check_every=20)
+    gated = dataclasses.replace(w.RECIPES["tiny"], gates={"L": SkillGate(copy=1.0)}, check_every=20,
+                                extend={"L": TrainConfig(max_steps=10, lr=1e-4, batch_size=32, warmup_steps=1)},
+                                max_extensions=2)
     monkeypatch.setitem(w.RECIPES, "tiny-gated", gated)
     out = tmp_path / "gated"
     with pytest.raises(SkillGateError) as e:
         build_world(out, 11, "tiny-gated", progress=False)
     assert re.fullmatch(r"L-base did not learn to copy a snippet's sentence into a note: \d+\.\d% of the probe "
-                        r"steps right after 40 steps \(its gate: 100%\)", str(e.value))
+                        r"steps right after 60 steps \(its gate: 100%\)", str(e.value))
     assert not out.exists() and not list(tmp_path.glob(".gated.building-*"))
 
-
-def test_a_base_stops_its_main_run_at_the_first_measurement_reaching_its_stop(tmp_path, monkeypatch):
-    """A stop every base meets at once (all zeros): L ends at the first measurement, the others run their budget."""
-    import dataclasses
-
-    from toyworld import world as w
-    from toyworld.skills import SkillGate
-
-    recipe = dataclasses.replace(w.RECIPES["tiny"], gates={"L": SkillGate()}, stops={"L": SkillGate()},
-                                 check_every=20)
-    monkeypatch.setitem(w.RECIPES, "tiny-stops", recipe)
-    record = build_world(tmp_path / "stops", 12, "tiny-stops", progress=False)
-    assert record["models"]["L"]["steps"] == 20 and [h["step"] for h in record["models"]["L"]["skill_history"]] == [20]
-    assert record["models"]["S"]["steps"] == 40
-    assert record["base_training"]["stops"] == {"L": {"copy": 0.0, "query": 0.0, "answer": 0.0}}
