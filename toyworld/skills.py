@@ -5,7 +5,8 @@ agent's steps need: copying a snippet's sentence into a note (names included),
 copying a name into the next query, and answering with the object of the latest note.
 Whether a tiny model trained from scratch *uses* copying inside the world's data, or
 fills names from memory, is not something to hope for: the build measures it while
-the base trains and stops training once it is there (``toyworld.base_models``).
+the base trains, trains it on (within a budget) while a gated skill is short, and stops
+the build with one line if it is still short (``toyworld.base_models``).
 
 The probe set is a world of its own, never trained on: an auxiliary world with its own
 seed (``PROBE_AUX``), a clean demonstrator (no mistakes) on its first questions, and
