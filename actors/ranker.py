@@ -125,10 +125,14 @@ def make_ranker(cfg: RankerConfig, engine: Engine | None = None, revisions: Mapp
                 raise ValueError("ranker.judge_model is empty: the llm-judge ranker needs a judge model")
             from actors.engines import make_engine
 
-            engine = make_engine(EngineConfig(backend=cfg.judge_backend, model=cfg.judge_model),
-                                 revision=(revisions or {}).get(cfg.judge_model))
+            engine = make_engine(judge_engine_config(cfg), revision=(revisions or {}).get(cfg.judge_model))
         return LLMJudge(engine, max_new_tokens=cfg.judge_max_new_tokens)
     raise ValueError(f"ranker.kind: unknown ranker {cfg.kind!r} (known: critic, llm-judge, oracle, random)")
+
+
+def judge_engine_config(cfg: RankerConfig) -> EngineConfig:
+    """The engine settings of the llm-judge ranker's own engine (``rest.plan`` sizes it from these)."""
+    return EngineConfig(backend=cfg.judge_backend, model=cfg.judge_model)
 
 
 def floor_unparseable(scores: Sequence[float], parse_ok: Sequence[bool]) -> list[float]:

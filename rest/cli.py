@@ -267,6 +267,23 @@ def cmd_download(args: argparse.Namespace) -> int:
     return download(_config(args))
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the actor groups of every phase with their CPUs, GPUs and GPU memory, and whether the cluster
+    holds them; a config that cannot fit is one line and exit code 1. Starts nothing (``rest.plan``)."""
+    from rest.plan import format_plan, plan
+
+    if args.gpu_gib is not None and not args.gpu_gib > 0:
+        raise ConfigError(f"--gpu-gib: must be > 0, got {args.gpu_gib}")
+    if args.cluster and not os.path.isfile(args.cluster):
+        raise ConfigError(f"--cluster: file not found: {args.cluster}")
+    p = plan(_config(args), args.cluster, args.gpu_gib)
+    print(format_plan(p))
+    if p.refusal:
+        print(f"error: {p.refusal}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rest-react", description="ReST meets ReAct: self-improving search agents on Ray."
@@ -388,6 +405,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser(
+        "plan",
+        help="print each phase's actor groups, their CPUs, GPUs and GPU memory, and whether the cluster holds them",
+        description="Resolve the config without starting anything (no Ray, no world build, no download) and print, "
+        "per phase of a generation, each actor group with its CPUs, GPUs and estimated GPU memory (vLLM weights and "
+        "KV cache at engine.gpu_memory_utilization; the learner's ZeRO-stage states and activations at its "
+        "micro-batch and max_len), the peak, and whether the cluster (a Ray cluster.yaml, or the config's own "
+        "resource counts) holds it. A config that cannot fit is one line and exit code 1.",
+    )
+    _add_config_args(p)
+    p.add_argument("--cluster", help="a Ray autoscaler cluster.yaml (default: the config's own resource counts)")
+    p.add_argument("--gpu-gib", type=float,
+                   help="GiB per GPU (default: from the cluster's instance types; 80 without --cluster)")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("bench", help="benchmarks, ours vs baselines side by side (benchmarks/results.json)")
     p.add_argument("--quick", action="store_true", help="small sizes: under 5 minutes")
