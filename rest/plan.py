@@ -243,8 +243,9 @@ def activation_bytes(arch: Architecture, micro: int, seq_len: int, target_len: i
 
     Per layer and token a decoder layer keeps about ``b(11h + 4h_kv + 4i)`` bytes (its norm
     inputs, q/k/v, the attention output, the SwiGLU's four intermediate tensors), plus the
-    ``heads x seq_len`` attention weights in eager attention. With gradient checkpointing
-    only each layer's input is kept, and one layer is recomputed at a time. The head runs
+    ``heads x seq_len`` attention weights in eager attention; the backward adds one layer's
+    worth of gradients at a time. With gradient checkpointing only each layer's input is
+    kept, and one layer is recomputed at a time. The head runs
     on the trained positions (``sft_loss``; under ZeRO-3 on every column where some row
     has one, on every position for other architectures), its logits kept in the training
     dtype and in fp32 with the log-softmax, ``b + 8`` bytes each.
@@ -252,9 +253,12 @@ def activation_bytes(arch: Architecture, micro: int, seq_len: int, target_len: i
     b, h = dtype_bytes, arch.hidden
     tokens = micro * seq_len
     per_layer = b * (11 * h + 4 * arch.kv_heads * arch.head_dim + 4 * arch.intermediate)
-    if attention == "eager":
-        per_layer += (b + 4) * arch.heads * seq_len
-    decoder = tokens * (arch.layers * b * h + per_layer) if checkpointing else tokens * arch.layers * per_layer
+    if attention == "eager":  # the fp32 softmax, and its cast to the training dtype for the product with v
+        per_layer += (4 + (b if b < 4 else 0)) * arch.heads * seq_len
+    if checkpointing:
+        decoder = tokens * (arch.layers * b * h + 2 * per_layer)
+    else:
+        decoder = tokens * (arch.layers + 1) * per_layer
     if not plain_head:
         rows = tokens
     elif zero3:
@@ -443,7 +447,13 @@ class Plan:
 
 
 def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = None) -> Plan:
-    """Resolve ``cfg`` (no world build, no Ray) into its actor groups and check them against the cluster."""
+    """Resolve ``cfg`` (no world build, no Ray) into its actor groups and check them against the cluster.
+
+    ``cluster_path``: a Ray cluster.yaml (None: one node with exactly the config's reservation, GPUs of
+    ``gpu_gib`` or 80 GiB). Memory is checked against the cluster's smallest GPU. Models are named as
+    the run resolves them (``rest.run_dir.resolve_config``): the policy, the students, the judge; a toy
+    world's models are printed as world-dependent paths, read only if that world is already built.
+    """
     from actors.ranker import judge_engine_config
     from evals.qa import check_judge
     from rest.cluster import least_resources
@@ -545,13 +555,13 @@ def _check(cfg: Config, cluster: ClusterSpec, models: list[ModelInfo], groups: l
             pools = extra + 1
     evals = sorted(by["eval"], key=lambda g: g.memory.total if g.memory else 0.0, reverse=True)[:pools]
     phases = {  # what holds GPU memory in each phase (the learner only while it fits; engines while alive)
-        "rollout": held, "rank": held, "finetune": held + by["finetune"],
+        "rollout": by["rollout"], "rank": held, "finetune": held + by["finetune"],
         "distil": held + ([_largest(by["distil"])] if by["distil"] else []), "eval": held + evals,
     }
     totals = {name: sum(g.count * g.memory.total for g in gs if g.memory) for name, gs in phases.items()}
     if any(totals.values()):
-        out.lines.append("GPU memory in use per phase (engines stay loaded from their first phase on; a learner "
-                         "rank holds GPU memory only while it fits):")
+        out.lines.append("GPU memory in use per phase (an engine stays loaded from its first phase to the end of "
+                         "the run; a learner rank holds GPU memory only while it fits):")
         out.lines += [f"  {name:9s} {v / GIB:6.1f} GiB" for name, v in totals.items()]
         top = max(totals, key=totals.get)
         out.lines.append(f"peak: {totals[top] / GIB:.1f} GiB in {top}")

@@ -111,6 +111,14 @@ def test_too_little_gpu_memory_is_refused_with_one_line(tmp_path, capsys):
     assert code == 0, err
 
 
+def test_an_engine_asking_more_than_its_gpu_share_is_refused(capsys):
+    """Two 0.5-GPU samplers may share a GPU: each engine may take at most half of it."""
+    code, _, err = run_plan(capsys, "--config", GPU_CONFIG, "--cluster", CLUSTER,
+                            "--set", "engine.gpu_memory_utilization=0.85")
+    assert code == 1 and err.count("\n") == 1
+    assert "rollout sampler (vllm, L) (Qwen/Qwen2.5-7B-Instruct) needs 38.2 GiB on 0.5 of a GPU" in err
+
+
 def test_bad_cluster_input_is_one_line(tmp_path, capsys):
     code, _, err = run_plan(capsys, "--config", GPU_CONFIG, "--cluster", str(tmp_path / "missing.yaml"))
     assert code == 2 and err.count("\n") == 1 and "--cluster: file not found" in err
@@ -175,13 +183,13 @@ def test_learner_estimate_against_the_cpu_benchmark():
     assert estimates == sorted(estimates, reverse=True)  # the measured order: each setting saves memory
     assert [DOCUMENTED_MIB[s] for s in SETTINGS] == sorted(DOCUMENTED_MIB.values(), reverse=True)
     for s in SETTINGS:
-        assert 0.5 < DOCUMENTED_MIB[s] / bench_estimate_mib(*s) < 2, s
+        assert 0.6 < DOCUMENTED_MIB[s] / bench_estimate_mib(*s) < 1.6, s
     # one fit measured now, in a fresh process (peak RSS is per process)
     done = subprocess.run([sys.executable, "-m", "benchmarks.learner_memory", "4", "1", "sdpa"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert measured["params"] == BENCH_ARCH.params
-    assert 0.5 < measured["step_peak_mib"] / bench_estimate_mib(4, True, "sdpa") < 2
+    assert 0.6 < measured["step_peak_mib"] / bench_estimate_mib(4, True, "sdpa") < 1.6
 
 
 def test_learner_memory_grows_with_micro_batch_and_shrinks_with_checkpointing():
