@@ -475,6 +475,9 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
     judge = judge_engine_config(k) if k.kind == "llm-judge" else None
     if judge is not None:
         infos.setdefault(judge.model, model_info(judge.model, revisions.get(judge.model)))
+    if cfg.engine.random_init and cfg.engine.model in infos and infos[cfg.engine.model].arch is None:
+        infos[cfg.engine.model] = replace(infos[cfg.engine.model], source=f"a random {cfg.engine.random_init!r} "
+                                          f"model built on first use (engine.random_init)")
     for ref in from_world:
         info = infos[ref]
         build = f"rest-react world --out {cfg.world.dir} --seed {cfg.world.seed} --size {cfg.world.size}"

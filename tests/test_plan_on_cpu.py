@@ -65,6 +65,9 @@ def test_gpu_config_fits_cluster_yaml(capsys):
     assert "held at once (every group, one eval pool): 36 CPUs, 7 GPUs" in out
     assert "peak: " in out and "peak on one GPU: " in out
     assert "fits: " in out and "at min_workers (2 nodes)" in out
+    import ray
+
+    assert not ray.is_initialized()  # planned, nothing started
 
 
 def test_config_json_in_the_hf_cache_is_read(empty_hub_cache, capsys):
