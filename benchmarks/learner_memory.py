@@ -4,7 +4,7 @@
 is per process): a 9M-parameter Llama, 16 sequences of 256-1,023 tokens (half prompt,
 half trained), the learner's loss (``sft_loss`` with the batch's normaliser) over the
 length-bucketed micro-batches of ``micro_batches``, gradients kept as an optimizer step
-would. It prints the growth of peak RSS during the step, one JSON line per setting:
+would. It prints the growth of peak RSS during the step (the peak reset just before it), one JSON line per setting:
 eager vs sdpa attention, one batch of 16 vs accumulated micro-batches, with and
 without gradient checkpointing. CPU figures; the ratios are what carry to a GPU.
 """
@@ -18,6 +18,35 @@ import sys
 
 #: (micro-batch size, gradient checkpointing, attention) per measured setting
 SETTINGS = [(16, False, "eager"), (16, False, "sdpa"), (4, False, "sdpa"), (4, True, "sdpa"), (1, True, "sdpa")]
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith(field + ":")), None)
+    except OSError:
+        return None
+
+
+def _reset_peak_kib() -> int:
+    """Reset the process's peak RSS to its current RSS (Linux: VmHWM via clear_refs) and return it.
+
+    Without the reset, a peak reached before the step (imports, model init) hides the
+    step's own peak; where /proc cannot reset it, the lifetime peak (ru_maxrss) stands in.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        rss = _status_kib("VmRSS")
+        if rss is not None:
+            return rss
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _peak_kib() -> int:
+    return _status_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def measure(micro: int, checkpointing: bool, attention: str) -> dict:
@@ -45,11 +74,11 @@ def measure(micro: int, checkpointing: bool, attention: str) -> dict:
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     normalizer = sum(target_weight(t) for t in data)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _reset_peak_kib()
     for part in micro_batches(range(len(data)), [len(t) for t in data], len(data) // micro):
         loss, _ = sft_loss(model, collate([data[i] for i in part], 0), normalizer=normalizer)
         loss.backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_kib()
     params = sum(p.numel() for p in model.parameters())
     return {"micro_batch": micro, "gradient_checkpointing": checkpointing, "attention": attention,
             "params": params, "step_peak_mib": round((peak - before) / 1024)}
