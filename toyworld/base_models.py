@@ -113,29 +113,26 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
             scores = measure(m, tokenizer, probes)
             skills.append({"step": done + step, **scores})
             q.put(("skills", size, done + step, scores))
-            return extending and not gate.missing(scores)  # an extension ends once the gate is met
+            return done > 0 and not gate.missing(scores)  # an extension ends once the gate is met
 
-        extending = False
         result = train(model, tokenizer, examples, cfg, out_dir=out_dir, progress=False,
                        check=check if probes else None, check_every=check_every)
-        first, final = _loss_ends(result.losses, cfg.log_every)
         runs = [result]
         while (probes and gate is not None and extend is not None and len(runs) <= max_extensions
                and gate.missing(skills[-1])):
-            done, extending = done + runs[-1].steps, True
+            done += runs[-1].steps
             runs.append(train(model, tokenizer, examples, replace(extend, seed=extend.seed + len(runs)),
                               out_dir=out_dir, progress=False, check=check, check_every=check_every))
-        final = _loss_ends(runs[-1].losses, cfg.log_every)[1]
         q.put(("done", size, {
             "size": size,
             "params": count_params(out_dir),
             "steps": sum(r.steps for r in runs),
             "extensions": [r.steps for r in runs[1:]],
-            "first_loss": first,
-            "final_loss": final,
+            "first_loss": _loss_ends(result.losses, cfg.log_every)[0],
+            "final_loss": _loss_ends(runs[-1].losses, cfg.log_every)[1],
             "weight_change": round(_weight_change(before, model.state_dict()), 4),
             "tokens": sum(r.tokens for r in runs),
-            "tokens_per_s": round(result.tokens_per_s),
+            "tokens_per_s": round(sum(r.tokens for r in runs) / max(1e-9, sum(r.seconds for r in runs))),
             "seconds": round(sum(r.seconds for r in runs), 1),
             "skipped": result.skipped,
             "precision": result.precision,

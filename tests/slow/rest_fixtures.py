@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import random
 import socket
 from pathlib import Path
 
@@ -19,6 +20,30 @@ ROOT = Path(__file__).resolve().parents[2]
 WORLD = ROOT / ".cache" / "worlds" / "tiny-0"
 POLICY = ROOT / ".cache" / "worlds" / "tiny-0-smoke-policy"
 SMOKE = ROOT / "configs" / "smoke_rest.yaml"
+#: name words of the learner tests' step examples
+NAMES = "Ada Bela Cyro Dara Emil Fenna Gus Hale Ivo Juna Kato Lise Milo Nora Otto Pia".split()
+#: the learner tests' tiny Llama (``toyworld.modelzoo.init_model`` fields; 64 wide, 2 layers)
+TINY = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 128,
+    "max_position_embeddings": 4096,  # the agent's few-shot prompts are long in a 320-token BPE
+    "tie_word_embeddings": True,
+}
+
+
+def step_examples(n: int, seed: int, filler: bool = False):
+    """Decision-step examples naming people; with ``filler`` the prompts vary in length (0-10 extra names)."""
+    from learner.data import SFTExample
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b, c = rng.sample(NAMES, 3)
+        extra = (" " + " ".join(rng.choices(NAMES, k=rng.randint(0, 10)))) if filler else ""
+        out.append(SFTExample(f'question = "Who taught {a} {b}?"{extra}\naction = ', f'Search("{c} {a}")\n'))
+    return out
 
 
 def ensure_world() -> Path:

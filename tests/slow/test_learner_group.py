@@ -10,20 +10,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import threading
 from pathlib import Path
 
 import pytest
 import ray
 import torch
+from rest_fixtures import TINY, step_examples  # noqa: E402
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from actors.engines.hf import HFEngine
 from agent.trajectory import Question
 from learner.broadcast import WeightGroup, receive_state, verify_checksum, weights_checksum
-from learner.data import SFTExample
 from learner.group import LearnerGroup
 from learner.rank import unique_state
 from rest.config import AgentConfig, Config, EngineConfig, LearnerConfig
@@ -34,25 +33,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before ray.init: token aut
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-NAMES = "Ada Bela Cyro Dara Emil Fenna Gus Hale Ivo Juna Kato Lise Milo Nora Otto Pia".split()
-TINY = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 128,
-    "max_position_embeddings": 4096,  # the agent's few-shot prompts are long in a 320-token BPE
-    "tie_word_embeddings": True,
-}
 PROMPTS = ['question = "Who taught Ada Bela?"\naction = ', 'question = "Who taught Gus Pia?"\naction = ']
-
-
-def step_examples(n: int, seed: int) -> list[SFTExample]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b, c = rng.sample(NAMES, 3)
-        out.append(SFTExample(f'question = "Who taught {a} {b}?"\naction = ', f'Search("{c} {a}")\n'))
-    return out
 
 
 class EngineSampler:

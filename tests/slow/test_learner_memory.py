@@ -11,17 +11,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 from pathlib import Path
 
 import pytest
 import ray
 import torch
+from rest_fixtures import TINY, step_examples  # noqa: E402
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from learner.broadcast import weights_checksum
-from learner.data import SFTExample
 from learner.group import LearnerGroup
 from rest.config import LearnerConfig
 from toyworld.modelzoo import init_model, train_tokenizer
@@ -30,27 +29,6 @@ pytestmark = pytest.mark.slow
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[2]
-NAMES = "Ada Bela Cyro Dara Emil Fenna Gus Hale Ivo Juna Kato Lise Milo Nora Otto Pia".split()
-TINY = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 128,
-    "max_position_embeddings": 256,
-    "tie_word_embeddings": True,
-}
-
-
-def step_examples(n: int, seed: int) -> list[SFTExample]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b, c = rng.sample(NAMES, 3)
-        filler = " ".join(rng.choices(NAMES, k=rng.randint(0, 10)))
-        out.append(SFTExample(f'question = "Who taught {a} {b}?" {filler}\naction = ', f'Search("{c} {a}")\n'))
-    return out
-
-
 @pytest.fixture(scope="module")
 def cluster():
     ray.init(
@@ -66,7 +44,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("memory")
-    train_tokenizer([e.prompt + e.completion for e in step_examples(200, 1)], root / "tok", vocab_size=320)
+    train_tokenizer([e.prompt + e.completion for e in step_examples(200, 1, filler=True)], root / "tok", vocab_size=320)
     return init_model(TINY, root / "tok", root / "base", seed=0)
 
 
@@ -97,7 +75,7 @@ def max_diff(a: dict, b: dict) -> float:
 @pytest.mark.parametrize("stage", [0, 3])
 def test_four_micro_batches_of_four_match_one_batch_of_sixteen(group, base, tmp_path, stage):
     """Per rank, 4 accumulated micro-batches of 4 give the update of one batch of 16 (both ranks)."""
-    examples = step_examples(64, 2)  # 2 global batches of 32 per epoch: 4 optimizer steps
+    examples = step_examples(64, 2, filler=True)  # 2 global batches of 32 per epoch: 4 optimizer steps
     one, one_w = fit(group, base, tmp_path / "one", examples, zero_stage=stage, micro_batch_size=16)
     assert group.last_fit["memory"]["micro_batch"] == 16 and group.last_fit["memory"]["accumulation"] == 1
     acc, acc_w = fit(group, base, tmp_path / "acc", examples, zero_stage=stage, micro_batch_size=4)
@@ -112,7 +90,7 @@ def test_four_micro_batches_of_four_match_one_batch_of_sixteen(group, base, tmp_
 def test_a_short_last_batch_still_accumulates_correctly(group, base, tmp_path):
     """37 examples in batches of 16: the last global batch has 5, so some ranks' micro-batches
     are empty (they run with a zeroed loss); the update still equals one pass per rank."""
-    examples = step_examples(37, 3)
+    examples = step_examples(37, 3, filler=True)
     one, one_w = fit(group, base, tmp_path / "one", examples, zero_stage=0, batch_size=16, micro_batch_size=8)
     acc, acc_w = fit(group, base, tmp_path / "acc", examples, zero_stage=0, batch_size=16, micro_batch_size=2)
     assert group.last_fit["memory"]["accumulation"] == 4 and acc.examples == 37
@@ -123,7 +101,7 @@ def test_a_short_last_batch_still_accumulates_correctly(group, base, tmp_path):
 def test_bf16_zero3_builds_partitioned_and_saves_16bit(group, base, tmp_path):
     """bf16 + ZeRO-3: built under zero.Init, trained with gradient checkpointing and sdpa,
     saved gathered one parameter at a time as a loadable bf16 checkpoint close to fp32's."""
-    examples = step_examples(64, 2)
+    examples = step_examples(64, 2, filler=True)
     ref, ref_w = fit(group, base, tmp_path / "fp32", examples, zero_stage=0, micro_batch_size=0)
     result, saved = fit(
         group, base, tmp_path / "bf16", examples,
