@@ -23,19 +23,18 @@ from collections.abc import Mapping, Sequence
 import ray
 import torch
 
-from actors.engines.base import Engine
-from actors.ranker import StepRanker, best_sample, make_ranker, step_contexts
-from actors.search.base import Passage, SearchBackend, SearchError
+from actors.engines import make_engine
+from actors.rankers import make_ranker
+from actors.rankers.base import StepRanker, step_contexts
 from agent.episode import Chooser, Episode
-from agent.runner import EpisodeRunner, one_line
+from agent.runner import EpisodeRunner
 from agent.trajectory import Question, Step, Trajectory
+from core.config import Config
+from core.engine import Engine
+from core.errors import StaleWeights, one_line
+from core.search import Passage, SearchBackend, SearchError
 from learner.broadcast import WeightGroup, receive_state, weights_checksum
-from rest.config import Config
-from rest.resources import build_engine
-
-
-class StaleWeights(RuntimeError):
-    """A sampler was asked to work at a policy version other than the one it holds."""
+from learner.selection import best_sample
 
 
 class Sampler:
@@ -63,7 +62,7 @@ class Sampler:
                 raise ValueError(f"sampler: question id {q.id!r} appears twice")
             self.questions[q.id] = q
         engine_cfg = dataclasses.replace(cfg.engine, model=model or cfg.models.policy or cfg.engine.model)
-        self.engine: Engine = build_engine(dataclasses.replace(cfg, engine=engine_cfg))
+        self.engine: Engine = make_engine(engine_cfg, revision=cfg.models.revisions.get(engine_cfg.model))
         self.version = 0
         self.ranker: StepRanker | None = None
         if cfg.rest.continue_with == "ranker":
@@ -204,7 +203,7 @@ class RemoteSearch:
     """A ``SearchBackend`` over a ``SearchActor``: bounded waits, every failure a ``SearchError``.
 
     ``hide_held_out``: ask the actor to skip its held-out passages (the ReST driver's
-    training rollouts; see ``actors.search_actor``).
+    training rollouts; see ``actors.search.actor``).
     """
 
     def __init__(self, actor, timeout_s: float, hide_held_out: bool = False):

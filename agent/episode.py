@@ -25,23 +25,12 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import prompts
-from actors.search.base import Passage
-from agent.parsers import (
-    Answer,
-    Keep,
-    ParseError,
-    Revise,
-    Search,
-    Summary,
-    Terminate,
-    parse_answer,
-    parse_check,
-    parse_decision,
-    parse_summary,
-    strip_citations,
-)
-from agent.trajectory import Sample, Snippet, Step, Trajectory
-from rest.config import AgentConfig
+from agent.parsers import ParseError, parse_answer, parse_check, parse_decision, parse_summary
+from agent.trajectory import Step, Trajectory
+from core.config import AgentConfig
+from core.engine import Sample
+from core.search import Passage, Snippet
+from prompts.actions import Answer, Keep, Revise, Search, Summary, Terminate, strip_citations
 
 #: picks the sample an LLM step continues with: (step with samples and parse_ok filled,
 #: parsed result per sample or None where it did not parse) -> index, or None if none fits

@@ -21,80 +21,30 @@ here too, so that every piece of untrusted model text has one reader.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import NoReturn
+
+from prompts.actions import (
+    CITATION,
+    SPACE_LIKE_CLASS,
+    Answer,
+    Keep,
+    Revise,
+    Search,
+    Summary,
+    Terminate,
+    strip_citations,
+)
 
 MAX_QUERY_CHARS = 256
 """Longest search query accepted (characters, after unescaping)."""
-
-
-def _space_like(c: str) -> bool:
-    return (c.isspace() and c != " ") or unicodedata.category(c) == "Cc"
-
-
-# No code point above U+3000 is whitespace or a control character (a test checks the full range).
-SPACE_LIKE_CHARS = "".join(c for c in map(chr, range(0x3001)) if _space_like(c))
-"""Characters that never appear inside a literal: escape() turns each into a space."""
-
-_SPACE_LIKE = "[" + "".join(f"\\u{ord(c):04x}" for c in SPACE_LIKE_CHARS) + "]"
-_LITERAL_STOP = re.compile(r'["\\]|' + _SPACE_LIKE)
-_CITATION = re.compile(r"\[link_id=(0|[1-9][0-9]{0,8})\]")
-_SPACED_CITATION = re.compile(r" ?\[link_id=(?:0|[1-9][0-9]{0,8})\]")
-SPACE_RUN = re.compile("[ " + _SPACE_LIKE[1:-1] + "]+")
-"""A run of spaces and space-like characters (what collapsing turns into one space)."""
 
 
 class ParseError(ValueError):
     """A completion outside the grammar; the message says what was wrong, on one line."""
 
 
-@dataclass(frozen=True)
-class Search:
-    query: str
-
-
-@dataclass(frozen=True)
-class Terminate:
-    pass
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Facts with citations, in order of first appearance; ``text`` None = nothing relevant."""
-
-    text: str | None
-    citations: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Answer:
-    """An answer as written (citations included) and the link ids it cites."""
-
-    text: str
-    citations: tuple[int, ...]
-
-    @property
-    def plain(self) -> str:
-        """The answer without its citations, whitespace normalised (what evals compare)."""
-        return strip_citations(self.text)
-
-
-@dataclass(frozen=True)
-class Keep:
-    pass
-
-
-@dataclass(frozen=True)
-class Revise:
-    answer: Answer
-
-
-def strip_citations(text: str) -> str:
-    """Drop every well-formed ``[link_id=N]`` (and the space before it); collapse whitespace."""
-    # Collapsing first leaves at most one space before a citation, so both passes stay linear.
-    return SPACE_RUN.sub(" ", _SPACED_CITATION.sub("", SPACE_RUN.sub(" ", text))).strip()
+_LITERAL_STOP = re.compile(r'["\\]|' + SPACE_LIKE_CLASS)
 
 
 def _shown(text: str, limit: int = 40) -> str:
@@ -164,7 +114,7 @@ def _citations(what: str, text: str, allowed: Collection[int]) -> tuple[int, ...
     found: list[int] = []
     start = 0
     while (i := text.find("link_id", start)) != -1:
-        m = _CITATION.match(text, i - 1) if i > 0 else None
+        m = CITATION.match(text, i - 1) if i > 0 else None
         if m is None:
             raise ParseError(f"{what}: malformed citation near {_shown(text[max(i - 1, 0) :], 20)}")
         n = int(m.group(1))

@@ -20,11 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import prompts
-from actors.engines.base import Engine
-from actors.search.base import SearchBackend
 from agent.episode import Chooser, Episode, lowest_nll_parseable
-from agent.trajectory import Question, Sample, Trajectory
-from rest.config import AgentConfig
+from agent.trajectory import Question, Trajectory
+from core.config import AgentConfig
+from core.engine import Engine, Sample
+from core.errors import one_line
+from core.search import SearchBackend
+from core.seeds import wave_seed
 
 
 @dataclass
@@ -52,17 +54,6 @@ class RunnerStats:
 
     def to_dict(self) -> dict[str, object]:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items()}
-
-
-def wave_seed(base: int, wave: int) -> int:
-    """The sampling seed of wave ``wave`` of a run: deterministic, distinct per wave."""
-    return (base * 1_000_003 + wave * 7_919 + 17) % (2**31 - 1)
-
-
-def one_line(e: BaseException, limit: int = 300) -> str:
-    """An exception as one short line: its message, or its type name when it has none."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class EpisodeRunner:

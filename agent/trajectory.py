@@ -9,9 +9,11 @@ browses them. All of it round-trips through plain JSON (``to_dict``/``from_dict`
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from core.engine import Sample
+from core.search import Snippet
 
 StepKind = Literal["decision", "search", "summarize", "answer", "relevance", "grounding", "final"]
 STEP_KINDS: tuple[str, ...] = ("decision", "search", "summarize", "answer", "relevance", "grounding", "final")
@@ -25,34 +27,6 @@ class Question:
     id: str
     question: str
     answers: tuple[str, ...] = ()
-
-
-@dataclass
-class Sample:
-    """One sampled completion of a step's prompt."""
-
-    text: str
-    n_tokens: int
-    sum_logprob: float
-
-    @property
-    def mean_nll(self) -> float:
-        """Mean negative log-likelihood per token (the rollout's selection key)."""
-        return -self.sum_logprob / max(self.n_tokens, 1)
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(min(self.mean_nll, 700.0))
-
-
-@dataclass
-class Snippet:
-    """A passage shown to the agent. ``link_id`` is unique within an episode."""
-
-    link_id: int
-    doc_id: str
-    title: str
-    text: str
 
 
 @dataclass

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from actors.engines.hf import HFEngine
+from actors.engines.vllm_engine import VLLMEngine
 from benchmarks.common import row as summary_row
 from toyworld.modelzoo import count_params, init_model, train_tokenizer
 
@@ -88,8 +89,6 @@ def _vllm_vs_hf(
 
 def _vllm_worker(job: dict) -> dict:
     """Start a ``VLLMEngine`` on ``job['model_dir']``, warm it up, time one generate."""
-    from actors.engines.vllm_engine import VLLMEngine
-
     engine, t_start = _timed(VLLMEngine, job["model_dir"], max_batch=job["max_batch"], kv_cache_gib=1.0,
                              cpu_bind="0")
     try:

@@ -1,4 +1,4 @@
-"""Learner: the DeepSpeed step (``learner.group`` -> ``learner.rank``) against a plain PyTorch AdamW loop.
+"""Learner: the DeepSpeed step (``learner.group`` -> ``learner.deepspeed_rank``) against a plain PyTorch AdamW loop.
 
 Same model (the tiny toy world's L-base, L size), same per-step examples (that world's
 demonstration steps: realistic prompt lengths), same batches, fp32, one torch thread
@@ -21,7 +21,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from agent.trajectory import Trajectory
 from benchmarks.common import fixtures, local_ray, row
+from core.config import LearnerConfig
+from learner.group import LearnerGroup
+from learner.selection import to_example
+from learner.trainer import TrainConfig, train
+from rest.batch import step_records
 
 TARGET = "<= 1.25"
 STAGES = (0, 2, 3)
@@ -32,8 +38,6 @@ def _examples(world: Path, n: int) -> list:
     import gzip
     import json
 
-    from agent.trajectory import Trajectory
-    from rest.batch import step_records, to_example
 
     out = []
     for path in sorted((world / "demos").glob("aux*.jsonl.gz")):
@@ -49,7 +53,6 @@ def _examples(world: Path, n: int) -> list:
 def _plain(model_dir: Path, examples: list, batch: int, max_len: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from learner.trainer import TrainConfig, train
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32", use_safetensors=True)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -60,9 +63,6 @@ def _plain(model_dir: Path, examples: list, batch: int, max_len: int) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    from learner.group import LearnerGroup
-    from rest.config import LearnerConfig
-
     batch, steps, max_len = (16, 12, 320) if quick else (32, 30, 320)
     world = fixtures().ensure_world()
     model_dir = world / "models" / "L-base"

@@ -25,9 +25,9 @@ import torch
 from actors.engines.hf import HFEngine
 from agent.runner import EpisodeRunner
 from benchmarks.common import row as summary_row
+from core.config import load_config
 from evals.datasets import load_dataset
-from rest.config import load_config
-from rest.resources import build_engine, build_search
+from rest.backends import build_engine, build_search
 
 
 class RecordingEngine:

@@ -20,7 +20,10 @@ import hashlib
 import sys
 import time
 
+from actors.sampler import RemoteSearch, SamplerActor
+from actors.search.actor import SearchActor
 from benchmarks.common import load_average, local_ray, median, rollout_workload, row
+from rest.workers import SamplerPool, make_tasks
 
 TARGET = ">= 1.7"
 
@@ -39,9 +42,6 @@ def run(quick: bool = False) -> dict:
     """Measure 1 and 2 replicas on the same tasks (alternating, ``rounds`` times each)."""
     import ray
 
-    from actors.sampler import RemoteSearch, SamplerActor
-    from actors.search_actor import SearchActor
-    from rest.workers import SamplerPool, make_tasks
 
     # whole tasks split evenly over 2 replicas, so only the episodes' own lengths unbalance them
     n_questions, per_task, tpq, rounds = (128, 16, 1, 1) if quick else (160, 16, 2, 2)

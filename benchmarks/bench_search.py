@@ -24,23 +24,16 @@ import threading
 import time
 from pathlib import Path
 
-from actors.search.bm25 import BM25Search
 from actors.search.http import HttpSearch
 from actors.search.server import make_server
+from benchmarks.common import SEARCH_CORPUS, search_questions
 from benchmarks.common import row as summary_row
 from benchmarks.load_search import compare as compare_under_load
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "data" / "corpus" / "wiki_multihop.jsonl.gz"
-QUESTIONS = REPO / "data" / "hotpotqa_dev_eval.jsonl"
 TOPK = 3
 HTTP_BATCH = 32
 LOAD_CLIENTS = 32
-
-
-def _questions(n: int) -> list[str]:
-    rows = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
-    return [r["question"] for r in rows][:n]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -76,16 +69,18 @@ def _client_loop(url: str, queries: list[str], batch: int) -> dict:
 
 def run(quick: bool = False) -> dict:
     """Measure and return the figures (see module doc); ``quick`` uses fewer queries."""
+    from actors.search.bm25 import BM25Search  # bm25s pulls in numba: imported when measured, not by the CLI
+
     n = 100 if quick else 500
-    queries = _questions(n)
-    results: dict = {"corpus": CORPUS.name, "queries": len(queries), "topk": TOPK}
+    queries = search_questions(n)
+    results: dict = {"corpus": SEARCH_CORPUS.name, "queries": len(queries), "topk": TOPK}
 
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        backend = BM25Search(CORPUS, cache)
+        backend = BM25Search(SEARCH_CORPUS, cache)
         results["index_build_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        backend = BM25Search(CORPUS, cache)
+        backend = BM25Search(SEARCH_CORPUS, cache)
         results["index_load_s"] = time.perf_counter() - start
     results["passages"] = len(backend)
     results["build_vs_load"] = results["index_build_s"] / results["index_load_s"]
@@ -100,7 +95,7 @@ def run(quick: bool = False) -> dict:
         backend.search([q], TOPK)
         latencies.append(time.perf_counter() - t)
     if not any(batched):
-        raise RuntimeError(f"no question found any passage in {CORPUS}: wrong corpus?")
+        raise RuntimeError(f"no question found any passage in {SEARCH_CORPUS}: wrong corpus?")
     results["batched_qps"] = len(queries) / batched_s
     results["single_qps"] = len(queries) / sum(latencies)
     results["batched_vs_single"] = results["batched_qps"] / results["single_qps"]
@@ -125,7 +120,7 @@ def run(quick: bool = False) -> dict:
     under_load = compare_under_load(backend, queries, LOAD_CLIENTS, per_client, rounds)
     results["load"] = {"clients": LOAD_CLIENTS, "requests_per_client": per_client, "rounds": rounds, **under_load}
     new, old = under_load["fastapi"], under_load["stdlib"]
-    where = f"{CORPUS.name.split('.')[0]}, {results['passages']:,} passages"
+    where = f"{SEARCH_CORPUS.name.split('.')[0]}, {results['passages']:,} passages"
     results["summary"] = [
         summary_row(f"BM25 over {where}: batched vs one by one (p99 {results['single_p99_ms']:.1f} ms)",
                     results["batched_qps"], results["single_qps"], "q/s"),

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from actors.sampler import SamplerActor
 from benchmarks.common import (
     HOTPOT,
     local_ray,
@@ -35,14 +36,18 @@ from benchmarks.common import (
     smoke_rest_overrides,
     toy_models,
 )
+from core.config import Config, EngineConfig, LearnerConfig, load_config
+from core.state import RunState
+from learner.data import SFTExample
+from learner.group import TRANSPORTS, LearnerGroup
+from rest.loop import ReSTLoop
+from rest.runs import open_run
 
 TARGET_SHARE = "<= 0.05"
 SAMPLERS = 2
 
 
 def _examples(n: int = 4) -> list:
-    from learner.data import SFTExample
-
     with HOTPOT.open() as f:
         rows = [json.loads(line) for _, line in zip(range(n), f, strict=False)]
     return [SFTExample(prompt=r["question"] + "\nAnswer:", completion=f" {r['answers'][0]}\n") for r in rows]
@@ -52,8 +57,6 @@ def _samplers(model_dir: Path) -> list:
     """``SAMPLERS`` sampler actors holding ``model_dir`` (started at once, then checked)."""
     import ray
 
-    from actors.sampler import SamplerActor
-    from rest.config import Config, EngineConfig
 
     cfg = Config(engine=EngineConfig(model=str(model_dir), threads=1))
     actors = [SamplerActor.options(num_cpus=0.25).remote(cfg, [], None, replica=i, model=str(model_dir))
@@ -66,8 +69,6 @@ def transports(sizes: list[str], repeats: int, tmp: Path) -> dict:
     """Per model size: bytes, and per transport the first and the steady-state broadcast time."""
     import ray
 
-    from learner.group import TRANSPORTS, LearnerGroup
-    from rest.config import LearnerConfig
 
     models = toy_models(sizes, tmp / "models")
     cfg = LearnerConfig(world_size=1, num_cpus_per_rank=0.5, epochs=1, batch_size=2, max_len=64,
@@ -105,11 +106,6 @@ def real_generation(workdir: Path) -> dict:
 
     ``run_all`` first evaluates the warm start (generation 0); only generation 1's phases count.
     """
-    from rest.config import load_config
-    from rest.loop import ReSTLoop
-    from rest.run_dir import open_run
-    from rest.state import RunState
-
     cfg = load_config(smoke_rest_config(), smoke_rest_overrides())
     run, cfg = open_run(workdir, "bench-generation", cfg, False)
     loop = ReSTLoop(cfg, run, progress=False)

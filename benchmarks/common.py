@@ -17,7 +17,23 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from agent.trajectory import Question
+from core.config import load_config
+from evals.datasets import read_dataset
+from rest.cluster import ACTOR_ENV
+from toyworld.modelzoo import init_model, train_tokenizer
+from toyworld.world import with_world_paths
+
 REPO = Path(__file__).resolve().parents[1]
+#: the search benchmarks' corpus (shared data, not in the repo) and their queries
+SEARCH_CORPUS = REPO.parent / "shared" / "data" / "corpus" / "wiki_multihop.jsonl.gz"
+SEARCH_QUESTIONS = REPO / "data" / "hotpotqa_dev_eval.jsonl"
+
+
+def search_questions(n: int) -> list[str]:
+    """The first ``n`` questions of SEARCH_QUESTIONS, as search queries."""
+    rows = [json.loads(line) for line in SEARCH_QUESTIONS.read_text().splitlines() if line.strip()]
+    return [r["question"] for r in rows][:n]
 # DeepSpeed prints its accelerator guess on stdout unless told (as ``rest.cli`` does)
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 HOTPOT = REPO / "data" / "hotpotqa_train_sample.jsonl"
@@ -91,7 +107,6 @@ def local_ray(num_cpus: int = 4) -> Iterator[None]:
     """
     import ray
 
-    from rest.cluster import ACTOR_ENV
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
@@ -111,8 +126,6 @@ def local_ray(num_cpus: int = 4) -> Iterator[None]:
 def toy_models(sizes: Sequence[str], root: str | os.PathLike) -> dict[str, Path]:
     """Randomly initialised toy-family models (``toyworld.modelzoo.MODEL_SIZES``) under ``root``,
     sharing one BPE tokenizer trained on the repo's HotpotQA sample."""
-    from toyworld.modelzoo import init_model, train_tokenizer
-
     root = Path(root)
     tok = root / "tokenizer"
     if not (tok / "tokenizer.json").is_file():
@@ -138,7 +151,7 @@ class Workload:
     """A policy that emits parseable multi-step episodes, its world, and the questions to roll out."""
 
     name: str
-    cfg: object  # rest.config.Config, world paths filled in
+    cfg: object  # core.config.Config, world paths filled in
     questions: list  # agent.trajectory.Question, no gold answers
 
 
@@ -149,11 +162,6 @@ def rollout_workload(max_questions: int = 0) -> Workload:
     ``.cache/worlds``). Questions are every split's (they only serve as work), capped at
     ``max_questions`` when > 0. K = 4 samples per step (the paper's), 64 episodes in flight.
     """
-    from agent.trajectory import Question
-    from evals.datasets import read_dataset
-    from rest.config import load_config
-    from toyworld.world import with_world_paths
-
     sets = ["agent.k_samples=4", "agent.max_episodes_in_flight=64"]
     if (TOY_WORLD / "world.json").is_file():
         cfg, name, world = load_config(REPO / "configs" / "toy.yaml", sets), "toy-0 L-warm", str(TOY_WORLD)

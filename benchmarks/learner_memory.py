@@ -16,6 +16,9 @@ import resource
 import subprocess
 import sys
 
+from learner.data import IGNORE, Tokenized, collate, micro_batches, target_weight
+from learner.trainer import sft_loss
+
 #: (micro-batch size, gradient checkpointing, attention) per measured setting
 SETTINGS = [(16, False, "eager"), (16, False, "sdpa"), (4, False, "sdpa"), (4, True, "sdpa"), (1, True, "sdpa")]
 
@@ -54,8 +57,6 @@ def measure(micro: int, checkpointing: bool, attention: str) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from learner.data import IGNORE, Tokenized, collate, micro_batches, target_weight
-    from learner.trainer import sft_loss
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -30,6 +30,10 @@ from pathlib import Path
 
 import requests
 
+from actors.search.server import make_server
+from benchmarks.common import SEARCH_CORPUS, search_questions
+from benchmarks.stdlib_search_server import make_stdlib_server
+
 REPO = Path(__file__).resolve().parents[1]
 TOPK = 3
 
@@ -161,9 +165,6 @@ def compare(backend, queries: Sequence[str], clients: int, requests_per_client: 
     """``load`` on each server of ``which`` over ``backend``, alternating for ``rounds`` rounds (the
     machine's load drifts; alternation spreads it over both). Per server: the round of median
     throughput, with every round's requests/s and p99, and the connection errors of all rounds."""
-    from actors.search.server import make_server
-    from benchmarks.stdlib_search_server import make_stdlib_server
-
     runs: dict[str, list[dict]] = {name: [] for name in which}
     for _ in range(rounds):
         for name in which:
@@ -200,11 +201,10 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds per server (the median is shown)")
     args = parser.parse_args()
     from actors.search.bm25 import BM25Search
-    from benchmarks.bench_search import CORPUS, _questions
 
     which = ("fastapi", "stdlib") if args.server == "both" else (args.server,)
-    backend = BM25Search(CORPUS, REPO / ".cache" / "bm25")
-    results = compare(backend, _questions(500), args.clients, args.requests, args.rounds, which, args.procs,
+    backend = BM25Search(SEARCH_CORPUS, REPO / ".cache" / "bm25")
+    results = compare(backend, search_questions(500), args.clients, args.requests, args.rounds, which, args.procs,
                       args.reconnect)
     for name, r in results.items():
         print(f"{name:8s} {r['clients']} clients x {args.requests}: {r['ok']}/{r['requests']} ok, "

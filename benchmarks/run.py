@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from benchmarks import bench_rollout
 from benchmarks.common import TOY_WORLD, fixtures, format_rows, load_average, local_ray
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -33,8 +34,6 @@ RAY_SUITES = {"scaling", "weight_sync", "learner"}
 
 def _rollout(quick: bool) -> dict:
     """The rollout suite on a policy that makes multi-step episodes (toy L-warm, else the smoke policy)."""
-    from benchmarks import bench_rollout
-
     sets = ["agent.k_samples=4", "agent.max_episodes_in_flight=64"]
     if (TOY_WORLD / "world.json").is_file():
         return bench_rollout.run(quick, config="configs/toy.yaml", overrides=sets)

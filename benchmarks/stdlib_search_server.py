@@ -13,8 +13,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from actors.search.base import SearchBackend, SearchError
 from actors.search.server import MAX_BODY_BYTES, BadRequest, _entry, parse_retrieve
+from core.search import SearchBackend, SearchError
 
 
 def make_stdlib_server(backend: SearchBackend, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:

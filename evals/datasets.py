@@ -14,21 +14,22 @@ repository's ``data/`` (see data/PROVENANCE.md); anything else is a path.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.trajectory import Question
-from rest.jsonl import parse_object
+from core.config import KNOWN_DATASETS, SHIPPED_DATASETS, TOY_SPLITS
+from core.io import parse_object
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = {
     "bamboogle": REPO / "data" / "bamboogle.jsonl",
     "hotpotqa-dev": REPO / "data" / "hotpotqa_dev_eval.jsonl",
 }
-TOY_SPLITS = {"toy-train": "train", "toy-dev": "dev", "toy-test": "test"}
-KNOWN_NAMES = (*TOY_SPLITS, *SHIPPED)
+assert tuple(SHIPPED) == SHIPPED_DATASETS, "core.config.SHIPPED_DATASETS names the files here"
 #: keys every record has; the others are the record's extra (gold) fields
 CORE_KEYS = ("id", "question", "answers")
 
@@ -64,7 +65,7 @@ def resolve(name_or_path: str, world_dir: str | os.PathLike | None = None) -> tu
         return name_or_path, path
     path = Path(name_or_path)
     if not path.is_file():
-        raise DatasetError(f"{name_or_path}: not a known dataset ({', '.join(KNOWN_NAMES)}) nor a file")
+        raise DatasetError(f"{name_or_path}: not a known dataset ({', '.join(KNOWN_DATASETS)}) nor a file")
     name = path.name.removesuffix(".gz").removesuffix(".jsonl")
     return name, path
 
@@ -128,3 +129,15 @@ def _parse_record(line: str, where: str) -> dict[str, Any]:
         if not isinstance(a, str) or not a.strip():
             raise DatasetError(f"{where}: 'answers' must hold non-empty strings, got {_short(a)}")
     return record
+
+
+#: a built toy world's record: its recipe, skill measurements and warm-start evals
+WORLD_JSON = "world.json"
+
+
+def read_world(world_dir: str | os.PathLike) -> dict | None:
+    """The ``world.json`` record of a built world, or None when there is none."""
+    path = Path(world_dir) / WORLD_JSON
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import prompts
-from actors.engines import Engine, make_engine
+from actors.engines import make_engine
 from agent.parsers import ParseError, parse_judgement
-from evals.metrics import mean_std
-from rest.config import Config, ConfigError, EvalConfig
-from rest.hub import is_local
+from core.config import Config, ConfigError, EvalConfig
+from core.engine import Engine
+from core.hub import is_local
+from core.scoring import mean_std
 
 #: how much of each raw judge completion a prediction keeps for auditing
 TEXT_KEEP = 80

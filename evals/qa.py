@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.engines.base import Engine
-from actors.search.base import SearchBackend
 from agent.runner import EpisodeRunner
 from agent.trajectory import Question, Trajectory
+from core.config import AgentConfig, ConfigError, EvalConfig
+from core.engine import Engine
+from core.io import write_atomic
+from core.scoring import contains, exact_match, token_f1, wilson_ci
+from core.search import SearchBackend
 from evals.judge import CheckAnswerJudge, check_llm_judge
-from evals.metrics import contains, exact_match, token_f1, wilson_ci
-from rest.batch import write_atomic
-from rest.config import AgentConfig, ConfigError, EvalConfig
 
 #: the judge behind every number this module produces
 JUDGE_DETERMINISTIC = "deterministic: normalised exact match"

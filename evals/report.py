@@ -25,15 +25,17 @@ from typing import Any
 
 import yaml
 
-from agent.trajectory import Sample
+from core.config import SECTIONS, Config
+from core.engine import Sample
+from core.io import read_jsonl, write_atomic
+from core.run_dir import RunDir
+from core.scoring import exact_match
+from core.state import RunState, StateError
 from evals import report_stats as rs
 from evals.datasets import DatasetError, read_dataset
-from evals.metrics import exact_match
+from evals.report_html import DASH, acc_ci, render
+from evals.report_plots import make_plots
 from evals.targets import verdict, world_closed_book
-from rest.batch import BatchError, read_jsonl, write_atomic
-from rest.config import SECTIONS, Config
-from rest.run_dir import RunDir
-from rest.state import RunState, StateError
 
 #: rollouts per generation the trajectory browser embeds (the page must stay light)
 MAX_BROWSER_TRAJECTORIES = 300
@@ -107,10 +109,7 @@ def rollouts(run: RunDir, state: RunState) -> dict[int, list[dict[str, Any]]]:
     for path in sorted((run.root / "trajectories").glob("gen-*.jsonl")):
         gen = int(path.stem.split("-")[1])
         if state.is_done(gen, "rank"):
-            try:
-                out[gen] = read_jsonl(path)
-            except BatchError as e:
-                raise ReportError(str(e)) from None
+            out[gen] = read_jsonl(path, ReportError)
     return dict(sorted(out.items()))
 
 
@@ -212,8 +211,6 @@ def collect(root: str | Path, compare: tuple[str | Path, ...] = (),
 def results_markdown(report: dict[str, Any]) -> str:
     """The README's results section: the target verdict, then this run's Table 1 (first eval dataset)
     beside the paper's numbers."""
-    from evals.report_html import DASH, acc_ci
-
     lines = [report["verdict"]["line"], ""] if report.get("verdict") else []
     for t in report["table1"][:1]:
         lines += [f"Accuracy % [95% CI] on {t['dataset']} (n={t['rows'][0]['cells'][t['columns'][-1]]['n']}, "
@@ -232,9 +229,6 @@ def results_markdown(report: dict[str, Any]) -> str:
 def write_report(root: str | Path, compare: tuple[str | Path, ...] = (),
                  max_trajectories: int = MAX_BROWSER_TRAJECTORIES) -> dict[str, Any]:
     """Write report.json, plots/*.png and report.html into the run dir at ``root``; return the report."""
-    from evals.report_html import render
-    from evals.report_plots import make_plots
-
     report, browser = collect(root, compare, max_trajectories)
     run = RunDir(Path(root))
     plots = make_plots(report)

@@ -25,7 +25,7 @@ import numpy as np
 
 from agent.episode import lowest_nll_parseable
 from agent.trajectory import LLM_STEP_KINDS, Step
-from rest.state import PHASES
+from core.state import PHASES
 
 #: the paper's published Bamboogle auto-eval accuracies (DESIGN section 1); None = not quoted there
 PAPER_TABLE1 = {

@@ -26,6 +26,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from evals.datasets import read_world
+
 #: small enough to absorb float noise in a difference of accuracies, far below one question in 600
 EPS = 1e-9
 
@@ -202,7 +204,6 @@ def world_evals(world_dir: str | os.PathLike | None) -> dict[str, Any]:
     """The warm-start evaluations a built toy world recorded (world.json "evals"), or {} when unknown."""
     if not world_dir:
         return {}
-    from toyworld.world import read_world
 
     try:
         record = read_world(world_dir) or {}

@@ -22,9 +22,9 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from core.config import LearnerConfig
 from learner.data import SFTExample
-from learner.rank import LearnerRank
-from rest.config import LearnerConfig
+from learner.deepspeed_rank import LearnerRank
 
 log = logging.getLogger(__name__)
 

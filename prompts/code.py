@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.parsers import SPACE_RUN, Answer, Keep, Revise, Search, Summary, Terminate
+from prompts.actions import SPACE_RUN, Answer, Keep, Revise, Search, Summary, Terminate
 
 COMPLETION_PREFIX = " "
 """Prompts end with ``NAME =``; a completion starts with this space (tokenises like the exemplars)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.trajectory import Snippet
+from core.search import Snippet
 from prompts.code import Note
 
 

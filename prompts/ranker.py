@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.parsers import SPACE_LIKE_CHARS
+from prompts.actions import SPACE_LIKE_CHARS
 from prompts.code import collapse
 
 RANKER_STOP: list[str] = ["\n\n"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 
-from agent.trajectory import Snippet
+from core.search import Snippet
 from prompts import exemplars as ex
 from prompts.code import Note, cited_lit, list_lines, lit
 

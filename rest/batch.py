@@ -15,18 +15,16 @@ the rollout went on with) and the policy version that sampled it.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.trajectory import Step, Trajectory
+from agent.trajectory import Trajectory
+from core.io import read_jsonl, write_jsonl
 from learner.data import SFTExample
-from rest.jsonl import parse_object
+from learner.selection import target, to_example
 
 #: the keys every record has
 RECORD_KEYS = (
@@ -40,77 +38,16 @@ class BatchError(ValueError):
     """A batch file is unreadable or a record is malformed; one line naming file and line."""
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling and a rename (all or nothing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
-    """Write ``rows`` as JSON Lines atomically; returns how many."""
-    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
-    write_atomic(path, "".join(lines))
-    return len(lines)
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every line of a JSONL file as a dict; a bad line is a BatchError naming it."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            rows.append(parse_object(line, f"{path}:{lineno}", BatchError))
-    return rows
-
-
 # ------------------------------------------------------------ step -> record
 
 
-def usable(step: Step, i: int) -> bool:
-    """Whether sample ``i`` can be a training target: it parsed and is one line."""
-    ok = step.parse_ok[i] if i < len(step.parse_ok) else False
-    return ok and "\n" not in step.samples[i].text
-
-
-def best_usable(step: Step) -> int | None:
-    """The sample to train on: the ranker's pick if usable, else the best-scored usable one.
-
-    Samples that did not parse are never chosen; a step with none usable gives None.
-    """
-    candidates = [i for i in range(len(step.samples)) if usable(step, i)]
-    if not candidates:
-        return None
-    if step.ranker_best is not None and step.ranker_best in candidates:
-        return step.ranker_best
-    scores = step.scores or [0.0] * len(step.samples)
-    return max(candidates, key=lambda i: (scores[i], -step.samples[i].mean_nll, -i))
-
-
-def clears(record: dict[str, Any], min_score: float | None) -> bool:
-    """Whether a record's chosen sample scores at least ``min_score`` (ReST's Improve-step threshold;
-    None, or a step no ranker scored, always clears)."""
-    scores = record["scores"]
-    return min_score is None or not scores or scores[record["chosen"]] >= min_score
-
-
 def step_records(gen: int, traj: Trajectory) -> list[dict[str, Any]]:
-    """One record per LLM step of ``traj`` that has a usable sample (see ``best_usable``)."""
+    """One record per LLM step of ``traj`` that has a usable sample; ``chosen`` is its target (``learner.selection``)."""
     out = []
     for index, step in enumerate(traj.steps):
         if not step.is_llm or not step.samples:
             continue
-        chosen = best_usable(step)
+        chosen = target(step)
         if chosen is None:
             continue
         out.append({
@@ -128,11 +65,6 @@ def step_records(gen: int, traj: Trajectory) -> list[dict[str, Any]]:
             "policy_version": step.policy_version,
         })
     return out
-
-
-def to_example(record: dict[str, Any]) -> SFTExample:
-    """The training example of a record: the step's prompt -> its chosen sample + the stop string."""
-    return SFTExample(prompt=record["prompt"], completion=record["samples"][record["chosen"]][0] + "\n")
 
 
 # ------------------------------------------------------------ the store
@@ -174,7 +106,7 @@ class GrowingBatch:
         path = self.path(gen)
         if not path.is_file():
             raise BatchError(f"{path}: generation {gen} is not in the batch")
-        rows = read_jsonl(path)
+        rows = read_jsonl(path, BatchError)
         for lineno, r in enumerate(rows, start=1):
             _check_record(r, f"{path}:{lineno}")
         return rows
@@ -186,25 +118,6 @@ class GrowingBatch:
     def examples(self, upto: int | None = None) -> list[SFTExample]:
         """The training examples of generations 1..``upto``, repeats included (see ``distinct_examples``)."""
         return [to_example(r) for r in self.all(upto)]
-
-
-def distinct_examples(examples: Sequence[SFTExample]) -> list[SFTExample]:
-    """``examples`` without repeats, first occurrence kept, order otherwise unchanged.
-
-    Why: a policy sampling at T=0.5 that has learned its training questions retraces the
-    same steps, so two trajectories of one question (and the same question at the next
-    generation) give the same (prompt, target) again. Repeats add no information, only
-    weight: at gen 2 of the toy run 42% of the batch repeated an earlier example, most of
-    them the easy first search of a question.
-    """
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for ex in examples:
-        key = (ex.prompt, ex.completion)
-        if key not in seen:
-            seen.add(key)
-            out.append(ex)
-    return out
 
 
 def _check_record(r: Any, where: str) -> None:

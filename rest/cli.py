@@ -1,7 +1,8 @@
 """The ``rest-react`` command line (DESIGN section 4).
 
 Each subcommand is a small function that loads and validates its config, then calls
-library code. A config problem is one line on stderr and exit code 2, never a
+library code, which it imports when it runs: ``rest-react --help`` loads no torch or Ray,
+and vLLM's CPU workers, which re-import this module, load nothing they do not use. A config problem is one line on stderr and exit code 2, never a
 traceback; any other expected failure (a dead search server, a missing model) is one
 line and exit code 1.
 """
@@ -12,9 +13,9 @@ import argparse
 import os
 import sys
 
-from actors.engines import EngineError
-from actors.search import SearchError
-from rest.config import Config, ConfigError, load_config
+from core.config import Config, ConfigError, load_config
+from core.errors import EngineError
+from core.search import SearchError
 from toyworld.errors import SkillGateError
 
 EXIT_CONFIG = 2
@@ -41,7 +42,7 @@ def cmd_episode(args: argparse.Namespace) -> int:
     from agent.runner import EpisodeRunner
     from agent.trace import format_trajectory
     from agent.trajectory import Question
-    from rest.resources import build_engine, build_search
+    from rest.backends import build_engine, build_search
 
     cfg = _config(args)
     engine = build_engine(cfg)
@@ -64,15 +65,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
-    from evals.datasets import DatasetError, read_dataset
+    from core.hub import resolve_model
+    from evals.datasets import DatasetError, read_dataset, read_world
     from evals.judge import CheckAnswerJudge
     from evals.qa import check_judge, end_reasons_line, evaluate, summary_line, write_result
-    from rest.resources import build_engine, build_search
+    from rest.backends import build_engine, build_search
+    from toyworld.world import agent_overrides
+
 
     defaults = []
     if args.world and not args.config:
-        from toyworld.world import agent_overrides
-
         defaults = agent_overrides(args.world)
     judge_sets = ["eval.judge=llm", f"eval.judge_model={args.judge_model}"] if args.judge_model else []
     cfg = load_config(args.config, defaults + args.overrides + judge_sets)
@@ -85,7 +87,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.world:
         if not os.path.isdir(args.world):
             raise ConfigError(f"--world: not a directory: {args.world}")
-        from toyworld.world import read_world
 
         built = read_world(args.world) or {}  # the config then describes the world it names
         cfg.world = dataclasses.replace(cfg.world, dir=args.world, seed=built.get("seed", cfg.world.seed),
@@ -103,7 +104,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     check_judge(cfg.eval, llm_judge_given=True)
     if cfg.eval.judge == "llm":  # a judge missing offline fails now, not after the whole agent run
-        from rest.hub import resolve_model
 
         resolve_model(cfg.eval.judge_model)
     try:
@@ -160,9 +160,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import ray
 
+    from evals.targets import verdict, world_closed_book
     from rest.cluster import connect
     from rest.loop import ReSTLoop
-    from rest.run_dir import open_run
+    from rest.runs import open_run
+
 
     if not args.config and not args.resume:
         raise ConfigError("--config: required (or --resume --name NAME)")
@@ -190,8 +192,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {model:3s} {dataset}: gen {r['gen']} accuracy {100 * r['accuracy']:.1f}% (n={r['n']})")
     print(f"run dir: {run.root}")
     if "L" in {r["model"] for r in report["evals"]} and {"S", "XS"} <= set(cfg.models.students):
-        from evals.targets import verdict, world_closed_book
-
         print(verdict(report, world_closed_book(cfg.world.dir))["line"])  # the last line: did it work?
     return 0
 
@@ -262,7 +262,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     """Fetch every hub model a config names into the Hugging Face cache (offline: check it is there)."""
-    from rest.hub import download
+    from core.hub import download
 
     return download(_config(args))
 

@@ -18,7 +18,7 @@ import os
 
 import ray
 
-from rest.config import Config, ConfigError
+from core.config import Config, ConfigError
 
 #: environment every actor of an embedded cluster gets
 ACTOR_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent.trajectory import Trajectory
+from core.config import Config, SearchConfig
 from evals.datasets import Dataset
 from evals.qa import JUDGE_DETERMINISTIC, EvalResult, bm25_info, http_info, score_trajectories
-from rest.config import Config, SearchConfig
 
 
 def search_info(cfg: SearchConfig) -> dict[str, Any]:

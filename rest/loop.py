@@ -26,7 +26,6 @@ import json
 import sys
 import threading
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,19 +36,30 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
+from actors.rankers.actor import RankerActor
+from actors.sampler import RemoteSearch, SamplerActor
+from actors.search.actor import SearchActor
 from agent.trajectory import Question, Trajectory
+from core.config import Config
+from core.errors import cause_line
+from core.hub import resolve_model
+from core.io import read_jsonl, write_jsonl
+from core.run_dir import RunDir
+from core.seeds import purpose_seed
+from core.state import RunState
 from evals.datasets import Dataset, read_dataset
 from evals.qa import check_judge, write_result
+from evals.report import write_report
 from evals.targets import warm_start_warning, world_warning
+from learner.broadcast import weights_checksum
 from learner.data import SFTExample
-from rest.batch import GrowingBatch, clears, distinct_examples, read_jsonl, step_records, write_jsonl
-from rest.config import Config
+from learner.deepspeed_rank import unique_state
+from learner.group import LearnerGroup
+from learner.selection import apply_scores, clears, distinct_examples
+from rest.batch import GrowingBatch, step_records
 from rest.evaluation import score, trajectory_counters
-from rest.hub import resolve_model
 from rest.leakage import HeldOut
 from rest.metrics import RunMetrics
-from rest.run_dir import RunDir
-from rest.state import RunState
 from rest.workers import SamplerPool, make_tasks
 
 #: losses averaged for the reported "final" learner loss
@@ -187,13 +197,14 @@ class ReSTLoop:
         return ids[(gen - 1) % shares::shares]
 
     def rank(self, gen: int) -> dict[str, Any]:
-        """The rankers fill ``scores``/``ranker_best`` on every LLM step, in place in the trajectory file."""
+        """The rankers score every LLM step; each step keeps its scores and best sample
+        (``learner.selection``), in place in the trajectory file."""
         trajectories = read_jsonl(self.run.trajectories(gen))
         n_chunks = max(1, min(len(trajectories), 4 * len(self.rankers)))
         chunks = [trajectories[i::n_chunks] for i in range(n_chunks)]
         refs = {self.rankers[i % len(self.rankers)].rank.remote(chunk): i for i, chunk in enumerate(chunks)}
         deadline = time.monotonic() + self.cfg.rest.call_timeout_s * -(-n_chunks // len(self.rankers))
-        ranked: dict[int, list[dict]] = {}
+        scores: dict[tuple[str, int], list[float]] = {}
         with self._bar(len(trajectories), f"gen {gen} rank") as bar:
             while refs:
                 ready, _ = ray.wait(list(refs), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
@@ -202,19 +213,21 @@ class ReSTLoop:
                 for ref in ready:
                     i = refs.pop(ref)
                     try:
-                        ranked[i] = ray.get(ref, timeout=self.cfg.rest.call_timeout_s)
+                        scores.update(ray.get(ref, timeout=self.cfg.rest.call_timeout_s))
                     except ray.exceptions.RayError as e:
-                        raise RunError(f"gen {gen} rank: ranker failed: {_one_line(e)}") from None
-                    bar.update(len(ranked[i]))
-        by_id = {t["id"]: t for chunk in ranked.values() for t in chunk}
-        trajectories = [by_id[t["id"]] for t in trajectories]  # the rollout's order
-        steps = [s for t in trajectories for s in t["steps"] if s.get("samples")]
-        agree = sum(s["ranker_best"] is not None and s["ranker_best"] == s["chosen"] for s in steps)
-        agreement = agree / len(steps) if steps else 0.0
-        write_jsonl(self.run.trajectories(gen), trajectories)
+                        raise RunError(f"gen {gen} rank: ranker failed: {cause_line(e)}") from None
+                    bar.update(len(chunks[i]))
+        ranked = [Trajectory.from_dict(t) for t in trajectories]
+        for traj in ranked:
+            for index, step in enumerate(traj.steps):
+                if (traj.id, index) in scores:
+                    apply_scores(step, scores[(traj.id, index)])
+        steps = [s for t in ranked for s in t.steps if s.samples]
+        agreement = sum(s.ranker_best is not None and s.ranker_best == s.chosen for s in steps) / max(len(steps), 1)
+        write_jsonl(self.run.trajectories(gen), [t.to_dict() for t in ranked])
         self.metrics.agreement(agreement)
         return {"ranker": self.cfg.ranker.kind, "llm_steps": len(steps), "ranker_agreement": round(agreement, 4),
-                "no_parseable": sum(s["ranker_best"] is None for s in steps)}
+                "no_parseable": sum(s.ranker_best is None for s in steps)}
 
     def store(self, gen: int) -> dict[str, Any]:
         """The best sample of every LLM step, appended to the growing batch as generation ``gen``."""
@@ -294,8 +307,6 @@ class ReSTLoop:
     def report(self, gen: int) -> dict[str, Any]:
         """report.json, plots/ and report.html: every finished evaluation (gen 0 = warm start), every
         phase's timing, ranker and step statistics and the trajectory browser (``evals.report``)."""
-        from evals.report import write_report
-
         report = write_report(self.run.root)
         return {"evals": len(report["evals"]), "plots": len(report["plots"])}
 
@@ -405,14 +416,12 @@ class ReSTLoop:
 
     def _seed(self, gen: int, what: str) -> int:
         """A seed that depends only on the config's seed, the generation and what it is for."""
-        return (self.cfg.agent.seed * 1_000_003 + gen * 7_919 + zlib.crc32(what.encode())) % (2**31 - 1)
+        return purpose_seed(self.cfg.agent.seed, gen, what)
 
     # ================================================================ actors
 
     @cached_property
     def search_actors(self) -> list:
-        from actors.search_actor import SearchActor
-
         r = self.cfg.rest
         hidden = sorted(self.held_out.passages)
         return [SearchActor.options(num_cpus=r.search_num_cpus, name=self._name(f"search-{i}"))
@@ -430,8 +439,6 @@ class ReSTLoop:
 
     @cached_property
     def rankers(self) -> list:
-        from actors.ranker import RankerActor
-
         c = self.cfg.ranker
         gold = None
         if c.kind == "oracle":
@@ -441,16 +448,12 @@ class ReSTLoop:
 
     @cached_property
     def learner(self):
-        from learner.group import LearnerGroup
-
         return LearnerGroup(self.cfg.learner, control_timeout_s=self.cfg.rest.call_timeout_s)
 
     def _sampler(self, slot: int, cfg: Config, questions: list[Question], model: str, version: int, label: str,
                  rollout: bool):
         """A ready sampler actor holding ``model``, brought to policy ``version`` from L's checkpoint; a
         ``rollout`` sampler's searches skip the held-out passages (``rest.leakage``), an eval sampler's do not."""
-        from actors.sampler import RemoteSearch, SamplerActor
-
         search = RemoteSearch(self.search_actors[slot % len(self.search_actors)], cfg.rest.call_timeout_s,
                               hide_held_out=rollout)
         actor = SamplerActor.options(
@@ -470,8 +473,6 @@ class ReSTLoop:
             if version not in self._weights:  # "Cannot copy out of meta tensor" on a resumed gen 2)
                 from transformers import AutoModelForCausalLM
 
-                from learner.broadcast import weights_checksum
-                from learner.rank import unique_state
 
                 model = AutoModelForCausalLM.from_pretrained(str(self.run.checkpoint("L", version)), dtype="auto",
                                                              use_safetensors=True)
@@ -485,7 +486,7 @@ class ReSTLoop:
         except ray.exceptions.GetTimeoutError:
             raise RunError(f"{what}: no answer within {self.cfg.rest.call_timeout_s:.0f} s") from None
         except ray.exceptions.RayError as e:
-            raise RunError(f"{what}: {_one_line(e)}") from None
+            raise RunError(f"{what}: {cause_line(e)}") from None
 
     def _name(self, what: str) -> str:
         # samplers start in parallel threads: itertools.count hands out numbers atomically
@@ -515,8 +516,3 @@ class ReSTLoop:
 def _is_checkpoint(path: Path) -> bool:
     return (path / "config.json").is_file()
 
-
-def _one_line(e: BaseException) -> str:
-    cause = getattr(e, "cause", None) or e
-    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
-    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:300]

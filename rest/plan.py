@@ -26,7 +26,7 @@ The estimates (standard formulas; every term is printed, so a reader can check i
   checkpointing), and the logits of the trained positions (``learner.trainer.sft_loss``).
 
 Parameter counts come from the model's config.json (a local directory, or a hub id
-already in the Hugging Face cache, read offline through ``rest.hub``), else from a table
+already in the Hugging Face cache, read offline through ``core.hub``), else from a table
 of known architectures, else the model is "unknown" and its memory is not checked.
 """
 
@@ -40,8 +40,12 @@ from typing import Any
 
 import yaml
 
-from rest.config import Config, ConfigError, EngineConfig
-from rest.hub import ModelUnavailable, is_local, resolve_model
+from actors.rankers import judge_engine_config
+from core.config import Config, ConfigError, EngineConfig
+from core.hub import ModelUnavailable, is_local, resolve_model
+from evals.qa import check_judge
+from learner.trainer import _PLAIN_HEAD_MODELS
+from rest.cluster import least_resources
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp32": 4, "bf16": 2, "fp16": 2}
@@ -270,8 +274,6 @@ def activation_bytes(arch: Architecture, micro: int, seq_len: int, target_len: i
 
 def learner_memory(arch: Architecture, cfg: Config) -> Memory:
     """One learner rank fitting ``arch`` with ``cfg.learner``'s ZeRO stage, precision, micro-batch and max_len."""
-    from learner.trainer import _PLAIN_HEAD_MODELS
-
     lr = cfg.learner
     b = DTYPE_BYTES[lr.precision]
     terms = zero_states(arch.params, lr.precision, lr.zero_stage, lr.world_size)
@@ -451,13 +453,9 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
 
     ``cluster_path``: a Ray cluster.yaml (None: one node with exactly the config's reservation, GPUs of
     ``gpu_gib`` or 80 GiB). Memory is checked against the cluster's smallest GPU. Models are named as
-    the run resolves them (``rest.run_dir.resolve_config``): the policy, the students, the judge; a toy
+    the run resolves them (``rest.runs.resolve_config``): the policy, the students, the judge; a toy
     world's models are printed as world-dependent paths, read only if that world is already built.
     """
-    from actors.ranker import judge_engine_config
-    from evals.qa import check_judge
-    from rest.cluster import least_resources
-
     check_judge(cfg.eval)  # the driver refuses what it cannot run; so does its plan
     r, k, lr = cfg.rest, cfg.ranker, cfg.learner
     world = f"{cfg.world.dir}/models" if cfg.world.dir else ""
@@ -523,8 +521,6 @@ def _largest(groups: list[Group]) -> Group:
 def _check(cfg: Config, cluster: ClusterSpec, models: list[ModelInfo], groups: list[Group],
            gib: float | None, cluster_path: str | None) -> Plan:
     """What is held at once and per phase, every actor's own fit, the packing onto the nodes."""
-    from rest.cluster import least_resources
-
     out = Plan(cfg.source, cluster, models, groups, [])
     refusals = []
     for g in groups:

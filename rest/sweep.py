@@ -42,9 +42,9 @@ from typing import Any, Literal
 
 import yaml
 
+from core.config import ConfigError, RestConfig, load_config
+from core.io import write_atomic
 from evals.targets import LABELS, Targets, accuracy_by_model, verdict, world_closed_book
-from rest.batch import write_atomic
-from rest.config import ConfigError, RestConfig, load_config
 
 #: the keys a sweep sets at each point; a ``--set`` of its own may not change them
 SWEPT_KEYS = ("world.seed", "world.dir", "world.threads", "learner.threads")

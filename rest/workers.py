@@ -30,6 +30,8 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
+from core.errors import StaleWeights, remote_cause, typed_line
+
 log = logging.getLogger(__name__)
 
 
@@ -114,16 +116,11 @@ def make_tasks(question_ids: Sequence[str], per_task: int, seed_of: Callable[[in
 
 
 def _is_stale(e: BaseException) -> bool:
-    from actors.sampler import StaleWeights
-
-    return isinstance(e, StaleWeights) or "StaleWeights" in type(e).__name__
+    return isinstance(remote_cause(e), StaleWeights)
 
 
-def _short(e: BaseException, limit: int = 240) -> str:
-    cause = e.cause if isinstance(e, RayTaskError) and e.cause is not None else e
-    text = " ".join(str(cause).split()) or type(cause).__name__
-    text = text.splitlines()[0] if text else type(cause).__name__
-    return f"{type(cause).__name__}: {text[:limit]}"
+def _short(e: BaseException) -> str:
+    return typed_line(remote_cause(e), 240)
 
 
 class SamplerPool:

@@ -16,13 +16,15 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from actors.search.base import SearchError
 from actors.search.bm25 import BM25Search
 from agent.episode import lowest_nll_parseable
-from agent.runner import EpisodeRunner, wave_seed
+from agent.runner import EpisodeRunner
 from agent.trace import format_trajectory
-from agent.trajectory import Question, Sample, Step, Trajectory
-from rest.config import AgentConfig
+from agent.trajectory import Question, Step, Trajectory
+from core.config import AgentConfig
+from core.engine import Sample
+from core.search import SearchError
+from core.seeds import wave_seed
 
 # ------------------------------------------------------------ a tiny world
 

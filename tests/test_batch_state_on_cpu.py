@@ -7,22 +7,17 @@ import os
 
 import pytest
 
-from agent.trajectory import Sample, Step, Trajectory
+from agent.trajectory import Step, Trajectory
+from core.config import ConfigError, load_config
+from core.engine import Sample
+from core.run_dir import RunDir
+from core.state import PHASES, RunState, StateError
 from evals.datasets import Dataset
-from rest.batch import (
-    BatchError,
-    GrowingBatch,
-    best_usable,
-    clears,
-    distinct_examples,
-    step_records,
-    to_example,
-)
+from learner.selection import clears, distinct_examples, target, to_example
+from rest.batch import BatchError, GrowingBatch, step_records
 from rest.cli import main
-from rest.config import ConfigError, load_config
 from rest.evaluation import score, trajectory_counters
-from rest.run_dir import RunDir, open_run
-from rest.state import PHASES, RunState, StateError
+from rest.runs import open_run
 from rest.workers import make_tasks
 
 
@@ -75,12 +70,12 @@ def test_a_min_score_keeps_steps_whose_chosen_sample_scored_below_it_out_of_the_
     assert len(kept(unscored, 5.0)) == 2  # no scores (no ranker yet): nothing to compare
 
 
-def test_best_usable_falls_back_without_a_ranker():
+def test_the_target_falls_back_without_a_ranker():
     step = _step("decision", [" a", " b"], [True, True], scores=None, best=None)
     step.samples[1].sum_logprob = -0.1  # lower NLL wins the tie
-    assert best_usable(step) == 1
+    assert target(step) == 1
     step = _step("decision", [" a\nb"], [True], best=0)  # not one line: not a training target
-    assert best_usable(step) is None
+    assert target(step) is None
 
 
 # ------------------------------------------------------------------ the store

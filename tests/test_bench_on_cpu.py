@@ -11,12 +11,13 @@ import threading
 
 import pytest
 
-from actors.ranker import make_ranker
+from actors.rankers import make_ranker
 from actors.sampler import RankedRunner
-from agent.trajectory import Question, Sample
+from agent.trajectory import Question
 from benchmarks import run as bench_run
 from benchmarks.common import format_rows, parse_target, ratio, row
-from rest.config import AgentConfig, RankerConfig
+from core.config import AgentConfig, RankerConfig
+from core.engine import Sample
 from rest.workers import MapProfile, PoolError, SamplerPool
 
 # ------------------------------------------------------------ rows, ratios, targets

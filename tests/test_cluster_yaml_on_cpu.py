@@ -45,8 +45,8 @@ def test_an_unknown_key_is_rejected(cluster, where):
 
 def test_reservations_of_the_toy_run_at_its_peak_and_at_its_least():
     """2 samplers x 0.5 per pool, search 0.25, ranker 0.25, 2 learner ranks x 0.5 (configs/toy.yaml)."""
+    from core.config import load_config
     from rest.cluster import least_resources, peak_cpus
-    from rest.config import load_config
 
     cfg = load_config(ROOT / "configs" / "toy.yaml", ["models.students={S: a, XS: b}"])
     assert least_resources(cfg) == {"CPU": 3.5, "GPU": 0.0}  # rollout pool + one eval pool

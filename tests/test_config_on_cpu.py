@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rest.config import SECTIONS, AgentConfig, Config, ConfigError, load_config
+from core.config import SECTIONS, AgentConfig, Config, ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -112,7 +112,7 @@ def test_cli_exits_2_with_one_line(tmp_path, text, extra):
 
 
 def test_readme_reference_is_current():
-    from rest.config import readme_with_reference
+    from core.config import readme_with_reference
 
     readme = (ROOT / "docs" / "configuration.md").read_text()
-    assert readme_with_reference(readme) == readme, "run: python -m rest.config --write-docs"
+    assert readme_with_reference(readme) == readme, "run: python -m core.config --write-docs"

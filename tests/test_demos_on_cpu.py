@@ -12,8 +12,9 @@ import yaml
 from actors.search.bm25 import BM25Search
 from agent.parsers import parse_answer, parse_check, parse_decision, parse_summary
 from agent.runner import EpisodeRunner
-from agent.trajectory import Question, Sample
-from rest.config import load_config
+from agent.trajectory import Question
+from core.config import load_config
+from core.engine import Sample
 from toyworld.build import aux_seed, build_world_data, load_questions
 from toyworld.demos import FIX, NOISE_KINDS, WorldFacts, demonstrate
 from toyworld.drill import MAX_WORDS, MIN_WORDS, copy_drill

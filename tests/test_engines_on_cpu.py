@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.engines import Engine, EngineError, make_engine
+from actors.engines import make_engine
 from actors.engines.hf import HFEngine
-from rest.config import EngineConfig
+from core.config import EngineConfig
+from core.engine import Engine
+from core.errors import EngineError
 from toyworld.modelzoo import (
     MODEL_SIZES,
     body_params,
@@ -281,8 +283,8 @@ def test_make_engine_builds_the_hf_backend(model_dir):
 
 def test_build_engine_with_an_explicit_model_leaves_the_world_alone(model_dir, tmp_path):
     """A closed-book eval names its model and reads no corpus: it must not build (or check) the config's world."""
-    from rest.config import Config, WorldConfig
-    from rest.resources import build_engine
+    from core.config import Config, WorldConfig
+    from rest.backends import build_engine
 
     world = tmp_path / "not-a-world"  # building here fails at once: the directory holds something else
     world.mkdir()

@@ -17,9 +17,11 @@ import re
 import pytest
 
 from actors.search.bm25 import BM25Search
-from agent.trajectory import Question, Sample
+from agent.trajectory import Question
+from core.config import AgentConfig, ConfigError, EvalConfig
+from core.engine import Sample
+from core.scoring import contains, exact_match, mean_std, normalize_answer, token_f1, wilson_ci
 from evals.datasets import DatasetError, load_dataset, read_dataset
-from evals.metrics import contains, exact_match, mean_std, normalize_answer, token_f1, wilson_ci
 from evals.qa import (
     JUDGE_DETERMINISTIC,
     describe_search,
@@ -29,7 +31,6 @@ from evals.qa import (
     write_result,
 )
 from rest.cli import main
-from rest.config import AgentConfig, ConfigError, EvalConfig
 
 # ------------------------------------------------------------ metrics
 

@@ -1,4 +1,4 @@
-"""Models by hub id or local directory (rest.hub), with no hub: a local dir, a model placed in a
+"""Models by hub id or local directory (core.hub), with no hub: a local dir, a model placed in a
 temporary Hugging Face cache laid out as huggingface_hub lays it out, and the offline-missing error."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from huggingface_hub import scan_cache_dir
 
 from actors.engines import make_engine
 from actors.engines.hf import HFEngine
+from core.config import ConfigError, EngineConfig, load_config
+from core.hub import ModelUnavailable, is_local, model_references, pin_revisions, resolve_model
+from rest.backends import build_engine
 from rest.cli import main
-from rest.config import ConfigError, EngineConfig, load_config
-from rest.hub import ModelUnavailable, is_local, model_references, pin_revisions, resolve_model
-from rest.resources import build_engine
-from rest.run_dir import open_run
+from rest.runs import open_run
 from toyworld.modelzoo import MODEL_SIZES, init_model, train_tokenizer
 
 torch.set_num_threads(1)

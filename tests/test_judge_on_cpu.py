@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from actors.engines.hf import HFEngine
-from agent.trajectory import Question, Sample, Step, Trajectory
+from agent.trajectory import Question, Step, Trajectory
+from core.config import AgentConfig, Config, ConfigError, EvalConfig, load_config
+from core.engine import Sample
+from core.scoring import mean_std, wilson_ci
 from evals.judge import CheckAnswerJudge, check_llm_judge
-from evals.metrics import mean_std, wilson_ci
 from evals.qa import (
     JUDGE_DETERMINISTIC,
     apply_llm_judge,
@@ -28,7 +30,6 @@ from evals.qa import (
 )
 from prompts import check_answer_prompt
 from rest.cli import main
-from rest.config import AgentConfig, Config, ConfigError, EvalConfig, load_config
 from toyworld.modelzoo import init_model, train_tokenizer
 
 torch.set_num_threads(1)

@@ -6,12 +6,14 @@ import json
 
 import pytest
 
-from agent.trajectory import Question, Sample, Snippet, Step, Trajectory
+from agent.trajectory import Question, Step, Trajectory
+from core.config import load_config
+from core.engine import Sample
+from core.run_dir import RunDir
+from core.search import Snippet
 from evals.datasets import read_dataset
-from rest.config import load_config
 from rest.leakage import HeldOut
 from rest.loop import ReSTLoop, RunError
-from rest.run_dir import RunDir
 
 
 def _write(path, rows):

@@ -13,10 +13,10 @@ import random
 import pytest
 import torch
 
+from core.config import ConfigError, LearnerConfig, load_config
 from learner.data import IGNORE, SFTExample, Tokenized, collate, micro_batches, target_weight, tokenize_all
-from learner.rank import attention_for, ds_config, load_model
+from learner.deepspeed_rank import attention_for, ds_config, load_model
 from learner.trainer import sft_loss
-from rest.config import ConfigError, LearnerConfig, load_config
 from toyworld.modelzoo import init_model, train_tokenizer
 
 TINY = {

@@ -18,20 +18,22 @@ from hypothesis import strategies as st
 
 from agent.parsers import (
     MAX_QUERY_CHARS,
-    SPACE_LIKE_CHARS,
-    Answer,
-    Keep,
     ParseError,
-    Revise,
-    Search,
-    Summary,
-    Terminate,
     parse_answer,
     parse_check,
     parse_decision,
     parse_judgement,
     parse_ranking,
     parse_summary,
+)
+from prompts.actions import (
+    SPACE_LIKE_CHARS,
+    Answer,
+    Keep,
+    Revise,
+    Search,
+    Summary,
+    Terminate,
     strip_citations,
 )
 from prompts.code import (

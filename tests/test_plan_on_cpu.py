@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.config import load_config
 from rest.cli import main
-from rest.config import load_config
 from rest.plan import GIB, KNOWN_ARCHITECTURES, Architecture, activation_bytes, plan, zero_states
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.parsers import (
-    SPACE_LIKE_CHARS,
     ParseError,
     parse_answer,
     parse_check,
@@ -19,7 +18,7 @@ from agent.parsers import (
     parse_ranking,
     parse_summary,
 )
-from agent.trajectory import Snippet
+from core.search import Snippet
 from prompts import (
     RANKER_STOP,
     STOP,
@@ -37,6 +36,7 @@ from prompts import (
     unescape,
 )
 from prompts import exemplars as ex
+from prompts.actions import SPACE_LIKE_CHARS
 from prompts.code import collapse, defang, format_decision
 from prompts.ranker import format_ranking
 

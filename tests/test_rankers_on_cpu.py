@@ -1,4 +1,4 @@
-"""The rankers on hand-built steps: every critic feature, random, oracle, llm-judge, RankerWorker.
+"""The rankers on hand-built steps: every critic feature, random, oracle, llm-judge, TrajectoryRanker.
 
 Steps and trajectories are built by hand from toy-world-style passages, so each test
 states exactly what the agent had seen. The only fake is the scripted judge engine
@@ -15,11 +15,15 @@ import torch
 
 import prompts
 from actors.engines.hf import HFEngine
-from actors.ranker import RankerWorker, StepContext, best_sample, make_ranker, step_contexts
-from actors.rankers import WEIGHTS, Critic, LLMJudge, OracleRanker, RandomRanker
-from actors.rankers.critic import entities, names, weighted
-from agent.trajectory import Sample, Snippet, Step, Trajectory
-from rest.config import RankerConfig
+from actors.rankers import Critic, LLMJudge, OracleRanker, RandomRanker, make_ranker
+from actors.rankers.actor import TrajectoryRanker
+from actors.rankers.base import StepContext, step_contexts
+from actors.rankers.critic import WEIGHTS, entities, names, weighted
+from agent.trajectory import Step, Trajectory
+from core.config import RankerConfig
+from core.engine import Sample
+from core.search import Snippet
+from learner.selection import apply_scores, best_sample
 from toyworld.build import build_world_data, iter_corpus, load_questions
 from toyworld.graph import WorldSize
 from toyworld.modelzoo import ensure_random_model
@@ -347,8 +351,8 @@ def test_llm_judge_with_a_tiny_random_model_falls_back(tiny_engine):
              (mk_step("answer", '"x"', '"y"', '"z"'), mk_ctx())]
     assert judge.score_batch(steps) == [[0.0, 0.0], [0.0, 0.0, 0.0]]
     assert judge.stats()["fallback_unparseable"] == 2 and judge.stats()["judged"] == 0
-    worker = RankerWorker(RankerConfig(kind="llm-judge"), engine=tiny_engine)
-    (out,) = worker.rank([trajectory().to_dict()])
+    worker = TrajectoryRanker(RankerConfig(kind="llm-judge"), engine=tiny_engine)
+    (out,) = ranked(worker, [trajectory().to_dict()])
     llm = [s for s in out["steps"] if s["scores"] is not None]
     # equal scores everywhere: the best is the parseable sample with the lowest NLL
     for s in llm:
@@ -358,6 +362,19 @@ def test_llm_judge_with_a_tiny_random_model_falls_back(tiny_engine):
 
 
 # ------------------------------------------------------------ step contexts and the worker
+
+
+def ranked(worker: TrajectoryRanker, trajectories: list[dict]) -> list[dict]:
+    """What the rank phase makes of the worker's scores: each LLM step with its scores and best sample."""
+    scores = worker.rank(trajectories)
+    out = []
+    for d in trajectories:
+        traj = Trajectory.from_dict(d)
+        for index, step in enumerate(traj.steps):
+            if (traj.id, index) in scores:
+                apply_scores(step, scores[(traj.id, index)])
+        out.append(traj.to_dict())
+    return out
 
 
 def trajectory() -> Trajectory:
@@ -401,8 +418,11 @@ def test_step_contexts_rebuild_what_the_agent_had_seen():
 
 def test_worker_fills_every_llm_step_and_leaves_the_rest_alone():
     before = trajectory().to_dict()
-    worker = RankerWorker(RankerConfig(kind="critic"))
-    (after,) = worker.rank([json.loads(json.dumps(before))])
+    worker = TrajectoryRanker(RankerConfig(kind="critic"))
+    scores = worker.rank([json.loads(json.dumps(before))])
+    llm_steps = [i for i, s in enumerate(before["steps"]) if s["kind"] not in ("search", "final")]
+    assert sorted(scores) == [("q1#0", i) for i in llm_steps]  # one list per LLM step, nothing else
+    (after,) = ranked(worker, [json.loads(json.dumps(before))])
     for b, a in zip(before["steps"], after["steps"], strict=True):
         if b["kind"] in ("search", "final"):
             assert a == b
@@ -418,26 +438,27 @@ def test_worker_fills_every_llm_step_and_leaves_the_rest_alone():
     assert llm[5]["ranker_best"] == 1  # the answer from the latest note, not the searched entity
     assert llm[6]["ranker_best"] == 1  # revise to the grounded answer
     stats = worker.stats()
-    assert stats["steps"] == 8 and stats["trajectories"] == 1 and 0 < stats["agree_with_chosen"] < 8
+    assert stats["steps"] == 16 and stats["trajectories"] == 2  # two calls of one trajectory
+    assert 0 < sum(s["ranker_best"] == s["chosen"] for s in llm) < 8
 
 
 def test_worker_never_passes_gold_to_a_label_free_ranker():
     gold = {"q1": {"answers": ["Bolton"], "hops": [], "gold_facts": []}}
-    (out,) = RankerWorker(RankerConfig(kind="critic"), gold=gold).rank([trajectory().to_dict()])  # would raise
+    (out,) = ranked(TrajectoryRanker(RankerConfig(kind="critic"), gold=gold), [trajectory().to_dict()])  # would raise
     assert all(s["scores"] is not None for s in out["steps"] if s["kind"] not in ("search", "final"))
     with pytest.raises(ValueError, match="gold"):
-        RankerWorker(RankerConfig(kind="oracle"))
+        TrajectoryRanker(RankerConfig(kind="oracle"))
     with pytest.raises(KeyError, match="q1"):
-        RankerWorker(RankerConfig(kind="oracle"), gold={"other": {}}).rank([trajectory().to_dict()])
+        TrajectoryRanker(RankerConfig(kind="oracle"), gold={"other": {}}).rank([trajectory().to_dict()])
 
 
 def test_worker_random_ranks_are_independent_of_batching():
-    worker = RankerWorker(RankerConfig(kind="random", seed=7))
+    worker = TrajectoryRanker(RankerConfig(kind="random", seed=7))
     t = trajectory().to_dict()
     t2 = dataclasses.replace(trajectory(), id="q2#0", question_id="q2").to_dict()
-    alone = worker.rank([t])[0]
-    together = worker.rank([t2, t])[1]
-    assert [s["scores"] for s in alone["steps"]] == [s["scores"] for s in together["steps"]]
+    alone = worker.rank([t])
+    together = worker.rank([t2, t])
+    assert {k: v for k, v in together.items() if k[0] == "q1#0"} == alone
 
 
 def test_best_sample_ties_and_bad_input():

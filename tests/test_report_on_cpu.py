@@ -14,15 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from agent.trajectory import Question, Sample, Snippet, Step, Trajectory
+from agent.trajectory import Question, Step, Trajectory
+from core.config import AgentConfig, Config, ModelsConfig, RestConfig
+from core.engine import Sample
+from core.io import write_jsonl
+from core.run_dir import RunDir
+from core.search import Snippet
+from core.state import RunState
 from evals.qa import JUDGE_DETERMINISTIC, score_trajectories, write_result
 from evals.report import ReportError, collect, write_report
 from evals.report_html import json_island, table
-from rest.batch import GrowingBatch, step_records, write_jsonl
+from rest.batch import GrowingBatch, step_records
 from rest.cli import main
-from rest.config import AgentConfig, Config, ModelsConfig, RestConfig
-from rest.run_dir import RunDir, config_yaml
-from rest.state import RunState
+from rest.runs import config_yaml
 
 EVIL = "Mara Quill founded Brightwater Press </script><script>alert(1)</script> & more"
 TRAIN = [Question("q1", "Who founded Brightwater Press?", ("Mara Quill",)),

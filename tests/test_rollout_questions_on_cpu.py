@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from rest.config import load_config
+from core.config import load_config
+from core.run_dir import RunDir
 from rest.loop import ReSTLoop
-from rest.run_dir import RunDir
 
 
 def _loop(tmp_path, *overrides):

@@ -15,11 +15,14 @@ import pytest
 import torch
 
 from actors.rankers import Critic
-from actors.sampler import RemoteSearch, Sampler, StaleWeights, ranker_chooser
+from actors.sampler import RemoteSearch, Sampler, ranker_chooser
 from actors.search.bm25 import BM25Search
-from agent.trajectory import Question, Sample, Step, Trajectory
+from agent.trajectory import Question, Step, Trajectory
+from core.config import AgentConfig, Config, EngineConfig, RankerConfig, RestConfig, SearchConfig
+from core.engine import Sample
+from core.errors import StaleWeights
 from learner.broadcast import WeightGroup, flatten_state, send_state, weights_checksum
-from rest.config import AgentConfig, Config, EngineConfig, RankerConfig, RestConfig, SearchConfig
+from rest.backends import build_engine
 from toyworld.build import build_world_data, load_questions
 from toyworld.graph import WorldSize
 
@@ -35,6 +38,7 @@ def setup(tmp_path_factory):
         engine=EngineConfig(model=str(root / "model"), random_init="tiny"),
         search=SearchConfig(corpus=corpus, cache_dir=str(root / "bm25")),
     )
+    build_engine(cfg)  # the random tiny model and its tokenizer, made where a run prepares them
     records = load_questions(root / "world" / "questions" / "train.jsonl")[:6]
     questions = [Question(r["id"], r["question"], tuple(r["answers"])) for r in records]
     search = BM25Search(corpus, cfg.search.cache_dir)

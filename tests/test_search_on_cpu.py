@@ -17,18 +17,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from actors.search import (
-    BM25Search,
-    HttpSearch,
-    Passage,
-    SearchBackend,
-    SearchError,
-    make_search,
-    make_server,
-    serve_search_main,
-)
+from actors.search import BM25Search, HttpSearch, make_search
 from actors.search.http import format_contents, split_contents
-from rest.config import SearchConfig
+from actors.search.server import make_server, serve_search_main
+from core.config import SearchConfig
+from core.search import Passage, SearchBackend, SearchError
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus" / "bamboogle_support.jsonl.gz"
 pytestmark = pytest.mark.skipif(not CORPUS.is_file(), reason=f"shared corpus missing: {CORPUS}")
@@ -420,13 +413,13 @@ def test_make_search_from_config(tmp_path):
 
 def test_the_search_service_hides_held_out_passages_only_when_asked(tmp_path):
     """The ReST driver's rollouts skip the eval questions' gold passages; the next best fill their places."""
-    from actors.search_actor import SearchService
+    from actors.search.actor import SharedSearch
 
     cfg = SearchConfig(backend="bm25", corpus=str(CORPUS), cache_dir=str(tmp_path))
     queries = [q for q, _ in KNOWN]
     full = make_search(cfg).search(queries, 12)
     held_out = [full[0][0].id, full[0][2].id, full[1][0].id]  # incl. a best hit and one further down
-    service = SearchService(cfg, held_out)
+    service = SharedSearch(cfg, held_out)
     assert service.search(queries, 3) == [r[:3] for r in full]  # not asked: the whole corpus
     hidden = service.search(queries, 3, hide_held_out=True)
     for got, ranked in zip(hidden, full, strict=True):

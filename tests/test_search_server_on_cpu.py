@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from actors.search.base import Passage, SearchError
 from actors.search.bm25 import BM25Search
 from actors.search.server import make_server
 from benchmarks.load_search import drive, summarize
+from core.search import Passage, SearchError
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus" / "bamboogle_support.jsonl.gz"
 WORDS = ["Pluto", "honey bees", "Wheel of Fortune", "cybernetics", "Mario", "game show", "Nile", "Seville"]

@@ -179,7 +179,7 @@ def scan_product_code(text: str, where: str) -> list[Finding]:
 
 #: product-code findings that are allowed, each with its reason: (file, what) -> why
 JUSTIFIED = {
-    ("learner/rank.py", "a socket bound to every interface"):
+    ("learner/deepspeed_rank.py", "a socket bound to every interface"):
         "free_port() binds port 0 for an instant to learn a free port and closes the socket; the port is "
         "then used by torch.distributed's TCPStore, which must be reachable from the other nodes' ranks",
 }
@@ -287,8 +287,8 @@ def test_checkpoints_load_with_safetensors_and_every_wait_is_bounded():
 
 
 def test_servers_bind_loopback_by_default(tmp_path):
-    from actors.search import make_server, serve_search_main
     from actors.search.bm25 import BM25Search
+    from actors.search.server import make_server, serve_search_main
     from rest.cli import build_parser
 
     args = build_parser().parse_args(["serve-search", "--corpus", "c.jsonl"])
@@ -369,7 +369,7 @@ class GullibleEngine:
         self.prompts: list[str] = []
 
     def generate(self, prompts, n, temperature, max_new_tokens, stop=None, seed=None):
-        from agent.trajectory import Sample
+        from core.engine import Sample
 
         out = []
         for prompt in prompts:
@@ -412,7 +412,7 @@ def test_hostile_snippets_cannot_change_the_steps(tmp_path, style):
     from agent.parsers import parse_answer, parse_summary
     from agent.runner import EpisodeRunner
     from agent.trajectory import Question, Trajectory
-    from rest.config import AgentConfig
+    from core.config import AgentConfig
 
     cfg = AgentConfig(search_budget=4, topk=3, k_samples=2, temperature=0.5, prompt_style=style, self_checks=True,
                       max_new_tokens=64, max_episodes_in_flight=4, seed=0)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from core.config import ConfigError
 from rest.cli import main
-from rest.config import ConfigError
 from rest.sweep import (
     ISA_ENV,
     Point,

@@ -31,8 +31,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from learner.data import SFTExample
-from learner.trainer import TrainConfig
-from toyworld.skills import SKILL_TEXT, SkillGate, SkillGateError
+from learner.trainer import TrainConfig, train
+from toyworld.drill import drill_examples
+from toyworld.modelzoo import body_params, count_params, init_model
+from toyworld.skills import SKILL_TEXT, SkillGate, SkillGateError, measure
 
 #: seconds without any message from a training process before the parent checks it is alive
 _POLL_S = 1.0
@@ -84,10 +86,6 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
 
         torch.set_num_threads(cfg.num_threads)
         transformers.utils.logging.disable_progress_bar()
-        from learner.trainer import train
-        from toyworld.drill import drill_examples
-        from toyworld.modelzoo import count_params, init_model
-        from toyworld.skills import measure
 
         logger = logging.getLogger("learner.trainer")
         logger.setLevel(logging.INFO)
@@ -186,7 +184,6 @@ def train_bases(
     q = ctx.Queue()
     models = Path(models_dir)
     models.mkdir(parents=True, exist_ok=True)
-    from toyworld.modelzoo import body_params
 
     largest = max(configs, key=body_params)
     procs = {

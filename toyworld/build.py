@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from rest.jsonl import parse_object
+from core.io import parse_object
 from toyworld.graph import World, WorldSize, make_world
 from toyworld.questions import Draft, balanced_sample, generate_questions
 from toyworld.render import Corpus, render_world

@@ -32,12 +32,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import prompts
-from actors.search.base import SearchBackend
 from agent.episode import Episode
-from agent.parsers import Answer, Keep, Revise, Search, Summary, Terminate
-from agent.trajectory import Sample, Snippet, Trajectory
+from agent.trajectory import Trajectory
+from core.config import AgentConfig
+from core.engine import Sample
+from core.search import SearchBackend, Snippet
 from learner.data import SFTExample
-from rest.config import AgentConfig
+from prompts.actions import Answer, Keep, Revise, Search, Summary, Terminate
 from toyworld.graph import World
 from toyworld.questions import CHAINS, COMPARISON, HOP_KEYWORDS
 from toyworld.render import PHRASES, Corpus

@@ -71,7 +71,7 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
 
 
 def _size(default: int | float, doc: str) -> Any:
-    """A WorldSize field with its one-line doc in ``metadata["doc"]`` (as in rest.config)."""
+    """A WorldSize field with its one-line doc in ``metadata["doc"]`` (as in core.config)."""
     return field(default=default, metadata={"doc": doc})
 
 

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 
-from actors.search.bm25 import BM25Search
 from learner.data import IGNORE, SFTExample, collate, make_batches, tokenize_all
 from toyworld.build import aux_seed, write_corpus, write_jsonl
 from toyworld.demos import WorldFacts, demonstrate
@@ -97,6 +96,8 @@ def probe_examples(root: Path, seed: int, world_size, agent, n_questions: int = 
     path = root / "probe" / "corpus.jsonl.gz"
     write_corpus(path, corpus)
     write_jsonl(root / "probe" / "questions.jsonl", records)
+    from actors.search.bm25 import BM25Search  # bm25s pulls in numba: only where an index is built
+
     search = BM25Search(path, cache_dir=root / ".cache" / "bm25")
     demos = demonstrate(records, WorldFacts(world, corpus), search, agent, noise=0.0, fix_rate=1.0, seed=p_seed)
     rename = Renamer(p_seed)

@@ -39,13 +39,22 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from actors.engines.hf import HFEngine
+from core.config import AgentConfig, Config, ConfigError, EvalConfig, WorldConfig
+from evals.datasets import WORLD_JSON, load_dataset, read_world
+from evals.qa import evaluate
 from learner.data import LMText, SFTExample
 from learner.trainer import TrainConfig
-from rest.config import AgentConfig, Config, ConfigError, EvalConfig, WorldConfig
-from toyworld.graph import WorldSize
+from toyworld import pools
+from toyworld.base_models import link_warm, train_bases
+from toyworld.build import aux_seed, build_world_data, iter_corpus, load_questions
+from toyworld.demos import WorldFacts, demonstrate
+from toyworld.graph import WorldSize, make_world
+from toyworld.modelzoo import train_tokenizer
+from toyworld.rename import first_mentions, renamed
+from toyworld.render import render_world
 from toyworld.skills import SkillGate, probe_examples
 
-WORLD_JSON = "world.json"
 SIZES = ("XS", "S", "L")
 #: the agent the demonstrations are recorded with; configs/toy.yaml must agree on these fields
 TOY_AGENT = AgentConfig(prompt_style="zeroshot", search_budget=6, topk=2, max_new_tokens=64)
@@ -177,14 +186,6 @@ def build_world(out_dir: str | os.PathLike, seed: int, size: str = "default", *,
     return record
 
 
-def read_world(world_dir: str | os.PathLike) -> dict | None:
-    """The ``world.json`` record of a built world, or None when there is none."""
-    path = Path(world_dir) / WORLD_JSON
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
-
-
 #: the step settings a world's base models learned (world.json "agent"); an eval without a config uses them
 AGENT_STEP_KEYS = ("prompt_style", "search_budget", "topk", "max_new_tokens", "self_checks")
 
@@ -224,9 +225,6 @@ class _Phases:
 
 
 def _build(root: Path, seed: int, size: str, recipe: Recipe, threads: int, progress: bool) -> dict:
-    from toyworld.base_models import link_warm, train_bases
-    from toyworld.build import build_world_data
-
     phase = _Phases(progress)
     cache = root / ".cache" / "bm25"
     with phase("data"):
@@ -234,8 +232,6 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, threads: int, progr
     with phase("demos"):
         demos = _demonstrations(root, seed, recipe, cache)
     with phase("tokenizer"):
-        from toyworld.modelzoo import train_tokenizer
-
         train_tokenizer(_tokenizer_texts(root, recipe, demos), root / "tokenizer", vocab_size=recipe.vocab_size)
     with phase("texts"):
         examples = _training_texts(demos, _aux_passages(root, recipe), recipe, seed)
@@ -301,10 +297,6 @@ def _demonstrations(root: Path, seed: int, recipe: Recipe, cache: Path) -> dict:
     import gzip
 
     from actors.search.bm25 import BM25Search
-    from toyworld.build import aux_seed, load_questions
-    from toyworld.demos import WorldFacts, demonstrate
-    from toyworld.graph import make_world
-    from toyworld.render import render_world
 
     target_triples = make_world(seed, recipe.world).triples()
     out: dict = {}
@@ -330,8 +322,6 @@ def _demonstrations(root: Path, seed: int, recipe: Recipe, cache: Path) -> dict:
 
 def _aux_passages(root: Path, recipe: Recipe) -> Iterator[str]:
     """Language-modelling texts: every auxiliary passage as ``title\\ntext``."""
-    from toyworld.build import iter_corpus
-
     for i in range(recipe.n_aux):
         for p in iter_corpus(_aux_dir(root, i) / "corpus.jsonl.gz"):
             yield f"{p['title']}\n{p['text']}"
@@ -346,8 +336,6 @@ def _training_texts(demos: dict, passages: Iterable[str], recipe: Recipe,
     copy the notes), and completion-only training saw too few copies to learn them.
     With ``rename`` each text gets its own names (``toyworld.rename``).
     """
-    from toyworld.rename import first_mentions, renamed
-
     steps = [ex for d in demos.values() for ex in d.examples()]
     texts: list[SFTExample | LMText | str] = [ex.prompt + ex.completion for ex in steps] if recipe.full_text else steps
     texts += list(passages)
@@ -367,9 +355,6 @@ def _tokenizer_texts(root: Path, recipe: Recipe, demos: dict) -> Iterator[str]:
     ``L outh``, which a tiny model must then spell instead of copy. The name-word list,
     written in both forms, makes each form one token (546 of 546 at 3,072).
     """
-    from toyworld import pools
-    from toyworld.build import iter_corpus, load_questions
-
     for p in iter_corpus(root / "corpus.jsonl.gz"):
         yield f"{p['title']}\n{p['text']}"
     yield from _aux_passages(root, recipe)
@@ -395,10 +380,7 @@ def _eval_job(model_dir: str, corpus: str | None, cache_dir: str, questions: str
 
     torch.set_num_threads(1)
     transformers.utils.logging.disable_progress_bar()
-    from actors.engines.hf import HFEngine
     from actors.search.bm25 import BM25Search
-    from evals.datasets import load_dataset
-    from evals.qa import evaluate
 
     engine = HFEngine(model_dir, threads=1)
     search = BM25Search(corpus, cache_dir=cache_dir) if corpus else None

@@ -1,22 +1,19 @@
-"""Inference engines behind one interface (see ``base.Engine``)."""
+"""Inference engines behind one interface (``core.engine.Engine``): transformers or vLLM, by config."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from actors.engines.base import Engine, EngineError
-
-if TYPE_CHECKING:
-    from rest.config import EngineConfig
-
-__all__ = ["Engine", "EngineError", "make_engine"]
+from actors.engines.hf import HFEngine
+from actors.engines.vllm_engine import VLLMEngine
+from core.config import EngineConfig
+from core.engine import Engine
+from core.errors import EngineError
 
 
 def make_engine(cfg: EngineConfig, revision: str | None = None) -> Engine:
     """Build the engine that ``cfg.backend`` names ("hf" or "vllm") over ``cfg.model``.
 
     ``cfg.model`` is a local directory or a hub id, which is resolved through the Hugging
-    Face cache at ``revision`` (a run passes the commit it recorded: ``rest.hub``).
+    Face cache at ``revision`` (a run passes the commit it recorded: ``core.hub``).
     A local model directory must already exist: when ``cfg.random_init`` is set, building
     the random model (``toyworld.modelzoo.ensure_random_model``) is the caller's job,
     because only the caller knows which texts its tokenizer should be trained on.
@@ -25,12 +22,8 @@ def make_engine(cfg: EngineConfig, revision: str | None = None) -> Engine:
     if not cfg.model:
         raise EngineError("engine.model is empty: set it to a Hugging Face model directory or hub id")
     if cfg.backend == "hf":
-        from actors.engines.hf import HFEngine
-
         return HFEngine(cfg.model, dtype=cfg.dtype, max_batch=cfg.max_batch, threads=cfg.threads, revision=revision)
     if cfg.backend == "vllm":
-        from actors.engines.vllm_engine import VLLMEngine
-
         return VLLMEngine(
             cfg.model,
             dtype=cfg.dtype,

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from actors.engines.base import EngineError
-from agent.trajectory import Sample
+from core.engine import Sample
+from core.errors import EngineError
+from core.hub import resolve_model
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -74,9 +75,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_new_tokens: int, conte
 
 def check_model_dir(model: str | Path, revision: str | None = None) -> Path:
     """The local directory of ``model`` (a directory, or a hub id at ``revision`` resolved
-    through the Hugging Face cache: ``rest.hub``), or EngineError if it holds no safetensors model."""
-    from rest.hub import resolve_model
-
+    through the Hugging Face cache: ``core.hub``), or EngineError if it holds no safetensors model."""
     d = resolve_model(str(model), revision).path
     if not (d / "config.json").is_file():
         raise EngineError(f"not a Hugging Face model dir (no config.json): {d}")

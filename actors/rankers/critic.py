@@ -3,7 +3,7 @@
 It never sees gold answers or gold facts (a context carrying gold is refused). Each
 sample gets a dict of named features (``Critic.features``) and its score is their
 weighted sum with the weights of ``WEIGHTS`` below; ties are broken later by
-perplexity (``actors.ranker.best_sample``). Why content and not format: in a probe on
+perplexity (``learner.selection.best_sample``). Why content and not format: in a probe on
 this project (DESIGN section 5) a format-only critic was no better than a random
 ranker, while one checking *content* (the query names an entity already seen; a note
 copied verbatim from a snippet and naming the queried entity; the answer taken from
@@ -36,25 +36,11 @@ be read.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
-from agent.parsers import (
-    Answer,
-    Keep,
-    ParseError,
-    Revise,
-    Search,
-    Summary,
-    parse_answer,
-    parse_check,
-    parse_decision,
-    parse_summary,
-    strip_citations,
-)
+from actors.rankers.base import StepContext
+from agent.parsers import ParseError, parse_answer, parse_check, parse_decision, parse_summary
 from agent.trajectory import Step
-
-if TYPE_CHECKING:
-    from actors.ranker import StepContext
+from prompts.actions import Answer, Keep, Revise, Search, Summary, strip_citations
 
 #: feature -> weight; a sample's score is sum(weight * value). Values are 0/1 flags
 #: unless the comment says "share" (0..1).

@@ -14,15 +14,12 @@ over-long prompt cannot take a whole batch down.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import prompts
-from actors.engines.base import Engine
+from actors.rankers.base import StepContext
 from agent.parsers import ParseError, parse_ranking
 from agent.trajectory import Step
-
-if TYPE_CHECKING:
-    from actors.ranker import StepContext
+from core.engine import Engine
 
 
 class LLMJudge:

@@ -17,26 +17,12 @@ fact i. Scores, higher = better:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from actors.rankers.base import StepContext
 from actors.rankers.critic import names, words
-from agent.parsers import (
-    Keep,
-    ParseError,
-    Revise,
-    Search,
-    Summary,
-    parse_answer,
-    parse_check,
-    parse_decision,
-    parse_summary,
-    strip_citations,
-)
+from agent.parsers import ParseError, parse_answer, parse_check, parse_decision, parse_summary
 from agent.trajectory import Step
-from evals.metrics import exact_match
-
-if TYPE_CHECKING:
-    from actors.ranker import StepContext
+from core.scoring import exact_match
+from prompts.actions import Keep, Revise, Search, Summary, strip_citations
 
 COMPARISON_TEMPLATE = "older_company_founder"
 

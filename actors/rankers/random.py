@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import TYPE_CHECKING
 
+from actors.rankers.base import StepContext
 from agent.trajectory import Step
-
-if TYPE_CHECKING:
-    from actors.ranker import StepContext
 
 
 class RandomRanker:

@@ -5,21 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.search.base import Passage, SearchBackend, SearchError
 from actors.search.http import HttpSearch
-from actors.search.server import make_server, serve_search_main
-from rest.config import SearchConfig
-
-__all__ = [
-    "BM25Search",
-    "HttpSearch",
-    "Passage",
-    "SearchBackend",
-    "SearchError",
-    "make_search",
-    "make_server",
-    "serve_search_main",
-]
+from core.config import SearchConfig
+from core.search import SearchBackend, SearchError
 
 
 def __getattr__(name: str) -> Any:

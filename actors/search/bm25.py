@@ -29,8 +29,8 @@ from pathlib import Path
 import bm25s
 import Stemmer
 
-from actors.search.base import Passage, SearchError
-from rest.jsonl import parse_object
+from core.io import parse_object
+from core.search import Passage, SearchError
 
 log = logging.getLogger(__name__)
 

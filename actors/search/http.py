@@ -29,7 +29,7 @@ from typing import Any
 
 import requests
 
-from actors.search.base import Passage, SearchError
+from core.search import Passage, SearchError
 
 
 def format_contents(title: str, text: str) -> str:

@@ -37,8 +37,8 @@ import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
-from actors.search.base import SearchBackend, SearchError
 from actors.search.http import format_contents
+from core.search import SearchBackend, SearchError
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ def step_examples(n: int, seed: int, filler: bool = False):
 
 
 def ensure_world() -> Path:
-    from rest.config import load_config
+    from core.config import load_config
     from toyworld.world import ensure_world as build
 
     return build(load_config(SMOKE).world)
@@ -60,8 +60,9 @@ def smoke_policy(steps: int = 150) -> Path:
     import torch
 
     from agent.trajectory import Trajectory
+    from learner.selection import to_example
     from learner.trainer import TrainConfig, train
-    from rest.batch import step_records, to_example
+    from rest.batch import step_records
 
     torch.set_num_threads(1)
     world = ensure_world()

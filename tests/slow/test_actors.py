@@ -17,16 +17,17 @@ import pytest
 import ray
 import torch
 
-from actors.ranker import RankerActor
-from actors.sampler import RemoteSearch, SamplerActor, StaleWeights
-from actors.search.base import SearchError
+from actors.rankers.actor import RankerActor
+from actors.sampler import RemoteSearch, SamplerActor
+from actors.search.actor import SearchActor
 from actors.search.bm25 import BM25Search
-from actors.search_actor import SearchActor
 from agent.trajectory import LLM_STEP_KINDS, Question
+from core.config import AgentConfig, Config, EngineConfig, RankerConfig, SearchConfig
+from core.errors import StaleWeights
+from core.search import SearchError
 from learner.broadcast import weights_checksum
 from learner.trainer import TrainConfig, train
-from rest.config import AgentConfig, Config, EngineConfig, RankerConfig, SearchConfig
-from rest.resources import build_engine
+from rest.backends import build_engine
 from toyworld.build import build_world_data, load_questions
 from toyworld.demos import WorldFacts, demonstrate
 from toyworld.graph import WorldSize, make_world

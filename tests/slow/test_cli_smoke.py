@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.search import HttpSearch, SearchError
+from actors.search import HttpSearch
+from core.search import SearchError
 
 pytestmark = pytest.mark.slow
 

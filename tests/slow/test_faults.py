@@ -41,11 +41,12 @@ from pathlib import Path
 import pytest
 import ray
 
-from rest.batch import GrowingBatch, read_jsonl
-from rest.config import load_config
+from core.config import load_config
+from core.io import read_jsonl
+from core.state import PHASES, RunState
+from rest.batch import GrowingBatch
 from rest.loop import ReSTLoop
-from rest.run_dir import open_run
-from rest.state import PHASES, RunState
+from rest.runs import open_run
 
 sys.path.insert(0, str(Path(__file__).parent))
 from rest_fixtures import ROOT, SMOKE, WORLD, env, free_port, smoke_overrides  # noqa: E402
@@ -253,10 +254,10 @@ def _serve(corpus: Path, port: int, cache: Path) -> subprocess.Popen:
 
 
 def test_search_server_killed_then_restarted(tmp_path):
-    from actors.search.base import SearchError
+    from actors.search.actor import SharedSearch
     from actors.search.http import HttpSearch
-    from actors.search_actor import SearchService
-    from rest.config import SearchConfig
+    from core.config import SearchConfig
+    from core.search import SearchError
 
     corpus = WORLD / "corpus.jsonl.gz"
     port = free_port()
@@ -264,7 +265,7 @@ def test_search_server_killed_then_restarted(tmp_path):
     queries = ["The Sleeping Moon author", "Selby"]
     server = _serve(corpus, port, tmp_path / "bm25")
     try:
-        service = SearchService(SearchConfig(backend="http", url=url, timeout_s=2.0, retries=3))
+        service = SharedSearch(SearchConfig(backend="http", url=url, timeout_s=2.0, retries=3))
         want = service.search(queries, 3)
         assert all(len(r) == 3 for r in want)
 
@@ -399,7 +400,7 @@ import json, os, resource, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from rest.batch import GrowingBatch, write_atomic
-from rest.state import RunState
+from core.state import RunState
 root = Path(sys.argv[1])
 state = RunState(root / "state.json"); state.mark(0, "eval", {"seconds": 1.0})
 write_atomic(root / "report.json", "{}\n")

@@ -22,10 +22,10 @@ from transformers import AutoModelForCausalLM
 
 from actors.engines.hf import HFEngine
 from agent.trajectory import Question
+from core.config import AgentConfig, Config, EngineConfig, LearnerConfig
 from learner.broadcast import WeightGroup, receive_state, verify_checksum, weights_checksum
+from learner.deepspeed_rank import unique_state
 from learner.group import LearnerGroup
-from learner.rank import unique_state
-from rest.config import AgentConfig, Config, EngineConfig, LearnerConfig
 from toyworld.modelzoo import init_model, train_tokenizer
 
 pytestmark = pytest.mark.slow

@@ -20,9 +20,9 @@ from rest_fixtures import TINY, step_examples  # noqa: E402
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from core.config import LearnerConfig
 from learner.broadcast import weights_checksum
 from learner.group import LearnerGroup
-from rest.config import LearnerConfig
 from toyworld.modelzoo import init_model, train_tokenizer
 
 pytestmark = pytest.mark.slow

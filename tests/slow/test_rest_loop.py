@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 import ray
 
-from rest.batch import GrowingBatch, distinct_examples, read_jsonl
-from rest.config import load_config
+from core.config import load_config
+from core.io import read_jsonl
+from core.state import PHASES, RunState
+from learner.selection import distinct_examples
+from rest.batch import GrowingBatch
 from rest.loop import ReSTLoop
-from rest.run_dir import open_run
-from rest.state import PHASES, RunState
+from rest.runs import open_run
 
 sys.path.insert(0, str(Path(__file__).parent))
 from rest_fixtures import ROOT, SMOKE, env, smoke_overrides  # noqa: E402
@@ -147,10 +149,11 @@ def test_a_stale_sampler_refuses_work_and_a_broadcast_changes_its_outputs(cluste
     import torch
     from safetensors.torch import load_file
 
-    from actors.sampler import SamplerActor, StaleWeights
+    from actors.sampler import SamplerActor
     from agent.trajectory import Question
+    from core.errors import StaleWeights
     from learner.group import LearnerGroup
-    from rest.batch import to_example
+    from learner.selection import to_example
 
     cfg = load_config(SMOKE, smoke_overrides(policy))
     questions = [Question("q1", "Where was the person who wrote The Sleeping Moon born?"),

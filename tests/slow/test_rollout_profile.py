@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import ray
 
+from core.config import load_config
+from core.state import RunState
 from rest.cluster import ACTOR_ENV
-from rest.config import load_config
 from rest.loop import ReSTLoop
-from rest.run_dir import open_run
-from rest.state import RunState
+from rest.runs import open_run
 from rest.workers import SamplerPool, make_tasks
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -49,7 +49,7 @@ def cluster(cfg):
 
 def test_one_and_two_replicas_do_the_same_work_and_account_for_their_time(cfg, cluster):
     from actors.sampler import RemoteSearch, SamplerActor
-    from actors.search_actor import SearchActor
+    from actors.search.actor import SearchActor
     from agent.trajectory import Question
     from evals.datasets import read_dataset
 

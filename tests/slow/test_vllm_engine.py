@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors.engines import EngineError, make_engine
+from actors.engines import make_engine
 from actors.engines.hf import HFEngine
-from rest.config import EngineConfig
+from core.config import EngineConfig
+from core.errors import EngineError
 from toyworld.modelzoo import MODEL_SIZES, init_model, train_tokenizer
 
 pytestmark = pytest.mark.slow

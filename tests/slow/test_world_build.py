@@ -12,7 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from toyworld.world import SIZES, WORLD_JSON, build_world
+from evals.datasets import WORLD_JSON
+from toyworld.world import SIZES, build_world
 
 pytestmark = pytest.mark.slow
 

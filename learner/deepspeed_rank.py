@@ -26,10 +26,10 @@ from collections.abc import Sequence
 
 import torch
 
+from core.config import LearnerConfig
 from learner.broadcast import WeightGroup, flatten_state, send_state, weights_checksum
 from learner.data import SFTExample, collate, make_batches, micro_batches, target_weight, tokenize_all
 from learner.trainer import lr_factor, save_atomic, sft_loss
-from rest.config import LearnerConfig
 
 log = logging.getLogger(__name__)
 

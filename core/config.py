@@ -25,6 +25,13 @@ from typing import Any, Literal
 
 import yaml
 
+from core.hub import check_revision
+
+#: the dataset names a config may use; evals.datasets maps each to its file
+TOY_SPLITS = {"toy-train": "train", "toy-dev": "dev", "toy-test": "test"}
+SHIPPED_DATASETS = ("bamboogle", "hotpotqa-dev")
+KNOWN_DATASETS = (*TOY_SPLITS, *SHIPPED_DATASETS)
+
 
 class ConfigError(ValueError):
     """A config problem, already phrased as one line: ``FILE: key: what is wrong``."""
@@ -347,13 +354,9 @@ def _reference_problem(meta: dict, value: Any, raw: dict) -> str | None:
             if local and not Path(item).expanduser().exists():
                 return f"model directory not found: {item}"
         if meta.get("dataset"):
-            from evals.datasets import KNOWN_NAMES
-
-            if item not in KNOWN_NAMES and not Path(item).is_file():
-                return f"not a known dataset ({', '.join(KNOWN_NAMES)}) nor a file: {item}"
+            if item not in KNOWN_DATASETS and not Path(item).is_file():
+                return f"not a known dataset ({', '.join(KNOWN_DATASETS)}) nor a file: {item}"
         if meta.get("commit"):
-            from rest.hub import check_revision
-
             if not check_revision(item):
                 return f"must be a 40-hex-digit commit hash, got {item!r}"
         if meta.get("url") and not item.startswith(("http://", "https://")):

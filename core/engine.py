@@ -8,16 +8,31 @@ transformers for vLLM through config alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import torch
+if TYPE_CHECKING:  # named in annotations only: the protocol module stays free of torch
+    import torch
 
-from agent.trajectory import Sample
 
+@dataclass
+class Sample:
+    """One sampled completion of a step's prompt."""
 
-class EngineError(RuntimeError):
-    """An engine could not produce samples (bad model dir, out of memory...)."""
+    text: str
+    n_tokens: int
+    sum_logprob: float
+
+    @property
+    def mean_nll(self) -> float:
+        """Mean negative log-likelihood per token (the rollout's selection key)."""
+        return -self.sum_logprob / max(self.n_tokens, 1)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.mean_nll, 700.0))
 
 
 @runtime_checkable

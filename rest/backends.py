@@ -12,16 +12,18 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from actors.engines import Engine, make_engine
-from actors.search import SearchBackend, make_search
-from agent.trajectory import Snippet
-from rest.config import Config, ConfigError
+import prompts
+from actors.engines import make_engine
+from actors.search import make_search
+from core.config import Config, ConfigError
+from core.engine import Engine
+from core.search import SearchBackend, Snippet
+from toyworld.modelzoo import ensure_random_model
+from toyworld.world import with_world_paths
 
 
 def _tokenizer_texts(cfg: Config, n_passages: int = 3000) -> Iterator[str]:
     """Text for a random model's tokenizer: corpus passages plus every prompt form."""
-    import prompts
-
     if cfg.search.corpus:
         opener = gzip.open if cfg.search.corpus.endswith(".gz") else open
         with opener(cfg.search.corpus, "rt", encoding="utf-8") as f:
@@ -44,18 +46,14 @@ def build_engine(cfg: Config) -> Engine:
     With ``world.dir`` set, an empty engine.model means the toy world's L-warm
     (``toyworld.world.with_world_paths``; the world is built on first use). A model set
     explicitly needs no world: a closed-book eval must not build one for a corpus it never reads.
-    A hub id loads the commit the run recorded in ``models.revisions`` (``rest.hub``).
+    A hub id loads the commit the run recorded in ``models.revisions`` (``core.hub``).
     """
     if cfg.world.dir and not cfg.engine.model:
-        from toyworld.world import with_world_paths
-
         cfg = with_world_paths(cfg)
     model = cfg.engine.model
     if not model:
         raise ConfigError(f"{cfg.source}: engine.model: required")
     if cfg.engine.random_init and not (Path(model) / "config.json").exists():
-        from toyworld.modelzoo import ensure_random_model
-
         ensure_random_model(model, cfg.engine.random_init, _tokenizer_texts(cfg), seed=cfg.agent.seed)
     return make_engine(cfg.engine, revision=cfg.models.revisions.get(model))
 
@@ -63,8 +61,6 @@ def build_engine(cfg: Config) -> Engine:
 def build_search(cfg: Config) -> SearchBackend:
     """The search backend; with ``world.dir`` set, an empty bm25 corpus means the toy world's corpus."""
     if cfg.world.dir and cfg.search.backend == "bm25" and not cfg.search.corpus:
-        from toyworld.world import with_world_paths
-
         cfg = with_world_paths(cfg)
     if cfg.search.backend == "bm25" and not cfg.search.corpus:
         raise ConfigError(f"{cfg.source}: search.corpus: required by the bm25 backend")

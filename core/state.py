@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rest.batch import write_atomic
+from core.io import write_atomic
 
 #: a generation's phases, in order (DESIGN section 2)
 PHASES = ("rollout", "rank", "store", "finetune", "broadcast", "distil", "eval", "report")

@@ -1,6 +1,6 @@
 """The search service: one search backend (BM25 index or HTTP retriever) shared by many samplers.
 
-``SearchService`` is the plain class, ``SearchActor`` its Ray shim. A BM25 index is
+``SharedSearch`` is the plain class, ``SearchActor`` its Ray shim. A BM25 index is
 built (or loaded from its cache) once per actor instead of once per sampler, and
 samplers reach it through ``actors.sampler.RemoteSearch``, which bounds every wait.
 
@@ -17,11 +17,11 @@ from collections.abc import Collection, Sequence
 import ray
 
 from actors.search import make_search
-from actors.search.base import Passage
-from rest.config import SearchConfig
+from core.config import SearchConfig
+from core.search import Passage
 
 
-class SearchService:
+class SharedSearch:
     """Answers batches of queries with the backend ``cfg`` names (see ``actors.search.make_search``)."""
 
     def __init__(self, cfg: SearchConfig, held_out: Collection[str] = ()):
@@ -77,4 +77,4 @@ class SearchService:
         return True
 
 
-SearchActor = ray.remote(SearchService)
+SearchActor = ray.remote(SharedSearch)

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.engines.base import EngineError
+from core.errors import EngineError, typed_line
 
 #: what a model needs from its repository: config, weights, tokenizer, chat template (no
 #: pickled .bin weights, no GGUF or ONNX copies that some repositories also carry)
@@ -114,13 +114,13 @@ def resolve_model(name: str, revision: str | None = None, *, offline: bool | Non
         if offline:
             raise ModelUnavailable(f"{missing}, and the hub is off (HF_HUB_OFFLINE=1): fetch it first with `{hint}`") \
                 from None
-        raise ModelUnavailable(f"{missing}, and the hub could not be reached ({_short(e.__cause__ or e)})") from None
+        raise ModelUnavailable(f"{missing}, and the hub could not be reached ({typed_line(e.__cause__ or e, 160)})") from None
     except RevisionNotFoundError:
         raise ModelUnavailable(f"model {name}: the hub has no revision {revision!r}") from None
     except (RepositoryNotFoundError, GatedRepoError) as e:
-        raise ModelUnavailable(f"model {name}: not a local directory, and the hub refused it ({_short(e)})") from None
+        raise ModelUnavailable(f"model {name}: not a local directory, and the hub refused it ({typed_line(e, 160)})") from None
     except (HfHubHTTPError, OSError, ValueError) as e:
-        raise ModelUnavailable(f"model {name}{at}: cannot fetch it from the hub: {_short(e)}") from None
+        raise ModelUnavailable(f"model {name}{at}: cannot fetch it from the hub: {typed_line(e, 160)}") from None
     return ResolvedModel(name, Path(path), Path(path).name)
 
 
@@ -131,16 +131,11 @@ def _incomplete_snapshot_error() -> type[Exception]:
     return getattr(errors, "IncompleteSnapshotError", LookupError)
 
 
-def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__
-
-
 # ---------------------------------------------------------------- the models of a config
 
 
 def model_references(cfg) -> dict[str, str]:
-    """Every model ``cfg`` (a ``rest.config.Config``) will load: config key -> reference.
+    """Every model ``cfg`` (a ``core.config.Config``) will load: config key -> reference.
 
     The judges count only when they are used (``ranker.kind: llm-judge``, ``eval.judge:
     llm``); an ``engine.model`` with ``random_init`` is built locally, not fetched.

@@ -1,4 +1,8 @@
-"""The one interface every search backend (BM25, HTTP retriever) implements."""
+"""The one interface every search backend (BM25, HTTP retriever) implements, and what it returns.
+
+A ``Passage`` is a search result; a ``Snippet`` is a passage as one step of an episode
+shows it to the agent, under a link id the agent cites.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,16 @@ class Passage:
     title: str
     text: str
     score: float = 0.0
+
+
+@dataclass
+class Snippet:
+    """A passage shown to the agent. ``link_id`` is unique within an episode."""
+
+    link_id: int
+    doc_id: str
+    title: str
+    text: str
 
 
 @runtime_checkable

@@ -1,0 +1,102 @@
+"""What trains: which sample of a ranked LLM step becomes a training target, and the examples it makes.
+
+The one place the rule lives, for the rank phase, the store phase and a sampler that
+continues with the ranker's pick (``rest.continue_with: ranker``):
+
+- a sample is *usable* as a target when it parsed and is one line;
+- a ranker's scores are floored so that an unparseable sample ranks below every parseable one;
+- the best sample is the highest-scoring allowed one; ties go to the lower mean NLL per
+  token (the rollout's own preference), then to the earlier sample; a NaN NLL ranks last;
+- the target of a step is the ranker's pick when usable, else the best usable sample;
+- ReST's Improve threshold: a step whose target scores below ``min_score`` trains nothing;
+- each (prompt, target) pair trains once per fine-tune when examples are made distinct.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from agent.trajectory import Step
+from learner.data import SFTExample
+
+
+def usable(step: Step, i: int) -> bool:
+    """Whether sample ``i`` can be a training target: it parsed and is one line."""
+    ok = step.parse_ok[i] if i < len(step.parse_ok) else False
+    return ok and "\n" not in step.samples[i].text
+
+
+def floor_unparseable(scores: Sequence[float], parse_ok: Sequence[bool]) -> list[float]:
+    """``scores`` with every unparseable sample pushed below every parseable one."""
+    out = [float(s) for s in scores]
+    good = [s for s, ok in zip(out, parse_ok, strict=True) if ok]
+    if good:
+        floor = min(good) - 1.0
+        out = [s if ok else min(s, floor) for s, ok in zip(out, parse_ok, strict=True)]
+    return out
+
+
+def best_sample(step: Step, scores: Sequence[float], allowed: Sequence[bool] | None = None) -> int | None:
+    """Index of the highest-scoring allowed sample (``allowed`` defaults to ``step.parse_ok``);
+    ties -> lower mean NLL, then the earlier one; None when no sample is allowed."""
+    ok = list(step.parse_ok if allowed is None else allowed)
+    if len(scores) != len(step.samples) or len(ok) != len(step.samples):
+        raise ValueError(
+            f"best_sample: {len(scores)} scores and {len(ok)} parse flags for {len(step.samples)} samples"
+        )
+
+    def key(i: int) -> tuple[float, float, int]:
+        nll = step.samples[i].mean_nll
+        return (-scores[i], math.inf if math.isnan(nll) else nll, i)
+
+    candidates = [i for i in range(len(step.samples)) if ok[i]]
+    return min(candidates, key=key) if candidates else None
+
+
+def apply_scores(step: Step, scores: Sequence[float]) -> None:
+    """Record a ranker's ``scores`` on ``step`` (floored) and its pick in ``step.ranker_best``."""
+    if len(scores) != len(step.samples):
+        raise ValueError(f"{len(scores)} scores for {len(step.samples)} samples")
+    ok = step.parse_ok if len(step.parse_ok) == len(step.samples) else [False] * len(step.samples)
+    step.scores = floor_unparseable(scores, ok)
+    step.ranker_best = best_sample(step, step.scores, ok)
+
+
+def target(step: Step) -> int | None:
+    """The sample ``step`` trains on: the ranker's pick if usable, else the best-scored usable one
+    (no scores: the lowest mean NLL); None when no sample is usable."""
+    allowed = [usable(step, i) for i in range(len(step.samples))]
+    if step.ranker_best is not None and 0 <= step.ranker_best < len(allowed) and allowed[step.ranker_best]:
+        return step.ranker_best
+    return best_sample(step, step.scores or [0.0] * len(step.samples), allowed)
+
+
+def clears(record: dict[str, Any], min_score: float | None) -> bool:
+    """Whether a record's target scores at least ``min_score`` (the Improve threshold; None, or a
+    step no ranker scored, always clears)."""
+    scores = record["scores"]
+    return min_score is None or not scores or scores[record["chosen"]] >= min_score
+
+
+def to_example(record: dict[str, Any]) -> SFTExample:
+    """The training example of a growing-batch record: the step's prompt -> its target + the stop string."""
+    return SFTExample(prompt=record["prompt"], completion=record["samples"][record["chosen"]][0] + "\n")
+
+
+def distinct_examples(examples: Sequence[SFTExample]) -> list[SFTExample]:
+    """``examples`` without repeats, first occurrence kept, order otherwise unchanged.
+
+    A policy that has learned its training questions retraces the same steps, so two
+    trajectories of one question (or the same question a generation later) give the same
+    (prompt, target) again: a repeat adds weight, not information.
+    """
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for ex in examples:
+        key = (ex.prompt, ex.completion)
+        if key not in seen:
+            seen.add(key)
+            out.append(ex)
+    return out
