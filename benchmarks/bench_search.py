@@ -6,8 +6,8 @@ dev-eval questions. Every figure in one dict comes from one run, side by side, s
 ratios are meaningful on a noisy machine even when the absolute numbers are not.
 
 The load test (``benchmarks.load_search``) drives LOAD_CLIENTS concurrent clients, one query
-per request and no retries, against the FastAPI server and the standard-library server it
-replaced (``benchmarks.stdlib_search_server``), alternating between them; it reports the
+per request and no retries, against the FastAPI server and the standard-library baseline
+(``benchmarks.stdlib_search_server``), alternating between them; it reports the
 connection errors, p50/p99 latency and requests per second of each.
 
     python -m benchmarks.bench_search [--quick]

@@ -1,9 +1,9 @@
-"""The retriever server as it was before issue 20, kept as the load benchmark's baseline.
+"""A standard-library retriever server: the load benchmark's baseline.
 
 The standard library's ``ThreadingHTTPServer`` (a thread per connection, a listen backlog
 of 5) with every backend call under one lock; the same wire format, limits and error
-messages as ``actors.search.server``, whose request parsing it shares. Not for use: issue
-20 saw it reset connections under 32 concurrent clients on 2 cores.
+messages as ``actors.search.server``, whose request parsing it shares. Not for use: it
+resets connections under 32 concurrent clients on 2 cores (docs/history.md).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from core.search import SearchBackend, SearchError
 
 
 def make_stdlib_server(backend: SearchBackend, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    """The old server over ``backend`` (call ``serve_forever`` in a thread; ``shutdown`` stops it)."""
+    """The baseline server over ``backend`` (call ``serve_forever`` in a thread; ``shutdown`` stops it)."""
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):

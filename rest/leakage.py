@@ -15,8 +15,8 @@ how many there were) on any violation:
 
 The splits share no gold fact (the toy world deals regions to splits), but they share
 the corpus, and a search that misses lands on a look-alike or a neighbour, often in a
-test region: in the seed-0 default world 690 of 1,390 gen-1 training episodes were
-shown a test question's gold passage. So the driver's rollout searches skip the
+test region, so an unguarded training episode is often shown a test question's gold
+passage (docs/history.md has how often). So the driver's rollout searches skip the
 held-out passages (``actors.search.actor``, ``hide_held_out``); evaluation searches the
 whole corpus. The store check is the guard behind that, whatever the search backend.
 """

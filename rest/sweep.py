@@ -439,7 +439,7 @@ class Sweep:
 
 
 def validate(config: str, points: list[Point], overrides: list[str], isa: str = "native") -> None:
-    """Load the config at every point before anything runs: a bad key is exit 2 now, not after hours."""
+    """Load the config at every point before anything runs: a bad key is exit 2 at once, not after hours."""
     check_overrides(overrides)
     if isa not in ISA_ENV:
         raise ConfigError(f"--isa: one of {', '.join(ISA_ENV)}, got {isa!r}")

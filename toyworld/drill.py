@@ -17,7 +17,7 @@ word is one token, as names are) and the same sequence again, the loss on the co
 A find example is the summarize step's copying in miniature: a text of random-word
 sentences, two words of one of them, and that whole sentence copied back. Copying
 alone forms the circuit; finding the sentence to copy is what a note needs, and a
-base drilled only on copying paraphrased the world's sentences instead, filling
+base drilled only on copying paraphrases the world's sentences instead, filling
 first names from memory.
 """
 

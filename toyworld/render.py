@@ -7,7 +7,7 @@ question. Each fact is one sentence drawn from several phrasings; sentence order
 back-references (a person's surname) and an optional fact-free filler sentence
 vary too, all chosen by ``random.Random(f"render:{seed}")``.
 
-Phrasings were tuned for BM25 hop queries of the form "<name> <keyword>" (see
+Phrasings suit BM25 hop queries of the form "<name> <keyword>" (see
 ``toyworld.questions.HOP_KEYWORDS``): a passage names its entity in full in its
 title and first sentence, and no template uses a name-kind word (book, film,
 press, studio, university...), so the word that tells "Nova Press" from "Nova

@@ -3,34 +3,25 @@
 It never sees gold answers or gold facts (a context carrying gold is refused). Each
 sample gets a dict of named features (``Critic.features``) and its score is their
 weighted sum with the weights of ``WEIGHTS`` below; ties are broken later by
-perplexity (``learner.selection.best_sample``). Why content and not format: in a probe on
-this project (DESIGN section 5) a format-only critic was no better than a random
-ranker, while one checking *content* (the query names an entity already seen; a note
-copied verbatim from a snippet and naming the queried entity; the answer taken from
-the latest note and not an entity already searched) beat it in every seed.
+perplexity (``learner.selection.best_sample``). It checks *content* (the query names an
+entity already seen; a note copied or restated from a snippet and naming the queried
+entity; the answer taken from the latest note and not an entity already searched), not
+format alone: a format-only critic ranks no better than random (docs/history.md).
 
 "Entities" here are runs of capitalised words ("Lucy Gray", "The Sleeping Moon"),
 less leading question and function words; "names X" means X's words appear in order
 as whole words (case-insensitive). A note is *informative* when its summary is not
 None.
 
-Measured against the oracle on a tiny world (a 76k-parameter policy trained briefly
-on demonstrations, K=4, T=1.0, 326 episodes, 2 sampling seeds; steps with at least
-two different parseable samples): the mean oracle score of the critic's pick vs a
-random pick vs the lowest-perplexity pick was 0.64-0.66 / 0.43-0.47 / 0.59 on
-decisions and 1.06-1.09 / 0.57-0.65 / 0.56-0.64 on summaries (best possible
-1.15-1.19); on answers and self-checks it was level with perplexity, above random.
+Restated summaries (``summary.grounded``): a sentence whose every name and number is in
+a cited snippet counts as a fact in other words, not only a word-for-word copy. A small
+policy sampling at high temperature misquotes names, so a critic that credits only
+copies picks None where a snippet did name the looked-up entity, and a policy trained
+on those picks learns to note nothing. How the critic's picks compare with the
+oracle's, and what this feature changed, is in docs/history.md.
 
-Restated summaries (``summary.grounded``): in the first default run (seed 0, T=1.0) a
-critic that scored only word-for-word copies picked None on 37% of summarize steps,
-on 30% although a snippet named the looked-up entity (the policy's own lowest-
-perplexity sample was None on 5%), and gen-1 L, trained on that, noted nothing and
-fell from 21% to 3%. A sentence whose every name and number is in a cited snippet
-now counts as a fact in other words: None picks went from 470 to 400 of 1,260 steps
-and the mean oracle score of the summary picks from 0.97 to 1.10 (best possible 1.30;
-perplexity 0.91, random 0.63). Features that are equal for every sample of a step
-(e.g. the query's words when summarizing) cannot change the ranking; they are there to
-be read.
+Features that are equal for every sample of a step (e.g. the query's words when
+summarizing) cannot change the ranking; they are there to be read.
 """
 
 from __future__ import annotations

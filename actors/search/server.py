@@ -7,10 +7,10 @@ Endpoints (the wire format is documented in ``actors.search.http``):
 - ``GET /health`` -> ``{"status": "ok", "passages": N}`` (N is null if the backend has no length).
 - anything else -> 404; a bad request -> 400 ``{"error": "..."}``; a failing backend -> 500.
 
-Why an event loop: the standard library's ``ThreadingHTTPServer`` that served this before
-listened with a backlog of 5 and a thread per connection; issue 20 saw it reset connections
-under 32 concurrent clients on 2 cores. uvicorn accepts with a backlog of 2048 and holds
-thousands of keep-alive connections on one thread, without a thread each.
+Why an event loop: a standard-library ``ThreadingHTTPServer`` (a backlog of 5, a thread
+per connection; ``benchmarks.stdlib_search_server``) resets connections under 32
+concurrent clients on 2 cores (docs/history.md). uvicorn accepts with a backlog of 2048
+and holds thousands of keep-alive connections on one thread, without a thread each.
 ``benchmarks.load_search`` puts both under the same load (``make bench``).
 
 The backend never runs on the event loop: each request's ``backend.search`` is queued to
@@ -18,11 +18,10 @@ a thread pool (``threads`` workers, default 1: bm25s is not documented thread-sa
 worker takes the next call as soon as one ends, while the loop reads and answers HTTP.
 ``rest-react serve-search --workers N`` runs the BM25 searches in N processes instead, each
 holding the index, so that a retriever host's cores all search at once (threads cannot:
-the GIL; the old server could not either: one lock).
+the GIL).
 Requests are not gathered into batched backend calls: bm25s scores and sorts each query
-on its own, and under 32 clients on 2 cores a gathered call cost more per query (7.9 ms)
-than single ones (5.8 ms), while its requests all waited for the slowest. Binds
-127.0.0.1 unless told otherwise.
+on its own, so a gathered call costs more per query than single ones (docs/history.md),
+and its requests all wait for the slowest. Binds 127.0.0.1 unless told otherwise.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the handlers' annotations at
@@ -45,9 +44,9 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20
 MAX_TOPK = 100
 DEFAULT_TOPK = 3
-#: an idle keep-alive connection is closed after this (the old server's per-connection timeout)
+#: an idle keep-alive connection is closed after this (the stdlib baseline's per-connection timeout)
 KEEP_ALIVE_S = 60
-#: connections waiting to be accepted (the old server's was 5: a burst of clients got resets)
+#: connections waiting to be accepted (at 5, a burst of clients gets resets)
 BACKLOG = 2048
 
 
@@ -89,7 +88,7 @@ def make_app(backend: SearchBackend, executor: ThreadPoolExecutor):
 
     @app.exception_handler(HTTPException)
     async def no_such_path(request: Request, exc: HTTPException) -> Response:
-        # an unknown path or a wrong method (GET /retrieve): 404 as before; the body is not read
+        # an unknown path or a wrong method (GET /retrieve): 404, as the stdlib baseline answers; the body is not read
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         if exc.status_code in (404, 405):
             return answer(404, {"error": f"no such path: {path}"}, close=request.method == "POST")
@@ -142,7 +141,7 @@ class SearchServer:
     before ``serve_forever`` starts. ``serve_forever`` runs the server
     in the calling thread until ``shutdown`` (from another thread) or, in the main
     thread, SIGINT/SIGTERM; ``server_close`` releases the socket and the worker thread.
-    The method names are the standard library server's, which this one replaced.
+    The method names are the standard library server's, so either serves the same callers.
     """
 
     def __init__(self, backend: SearchBackend, host: str = "127.0.0.1", port: int = 8000, threads: int = 1,
