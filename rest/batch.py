@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.trajectory import Trajectory
 from core.io import read_jsonl, write_jsonl
 from learner.data import SFTExample
-from learner.selection import target, to_example
+from learner.selection import distinct_examples, target, to_example
 
 #: the keys every record has
 RECORD_KEYS = (
@@ -75,6 +75,7 @@ class GrowingBatch:
     """``batch/gen-<k>.jsonl`` files under ``root``: one per finished ``store`` phase."""
 
     root: Path
+    _examples_of: tuple = field(default=(None, [], 0), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -118,6 +119,16 @@ class GrowingBatch:
     def examples(self, upto: int | None = None) -> list[SFTExample]:
         """The training examples of generations 1..``upto``, repeats included (see ``distinct_examples``)."""
         return [to_example(r) for r in self.all(upto)]
+
+    def training_examples(self, gen: int, distinct: bool) -> tuple[list[SFTExample], int]:
+        """What every model of generation ``gen`` trains on (the batch up to ``gen``, each (prompt, target)
+        once if ``distinct``) and how many repeats that left out; read once per generation (L and the
+        students share it), only the latest kept."""
+        if self._examples_of[0] != (gen, distinct):
+            every = self.examples(upto=gen)
+            examples = distinct_examples(every) if distinct else every
+            self._examples_of = ((gen, distinct), examples, len(every) - len(examples))
+        return self._examples_of[1], self._examples_of[2]
 
 
 def _check_record(r: Any, where: str) -> None:

@@ -72,7 +72,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rest.backends import build_engine, build_search
     from toyworld.world import agent_overrides
 
-
     defaults = []
     if args.world and not args.config:
         defaults = agent_overrides(args.world)
@@ -165,7 +164,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rest.loop import ReSTLoop
     from rest.runs import open_run
 
-
     if not args.config and not args.resume:
         raise ConfigError("--config: required (or --resume --name NAME)")
     if args.overrides and not args.config:
@@ -174,7 +172,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--resume: needs --name of the run to resume")
     cfg = _config(args) if args.config else None
     name = args.name or f"{os.path.basename(args.config).rsplit('.', 1)[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if cfg is not None:
+        _world_step(cfg)  # before the run dir: the config resolves against the built world
     run, cfg = open_run(args.runs_dir, name, cfg, args.resume)
+    if args.config is None:
+        _world_step(cfg)
     print(connect(args.address, cfg), flush=True)
     try:
         loop = ReSTLoop(cfg, run, progress=not args.no_progress)
@@ -194,6 +196,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "L" in {r["model"] for r in report["evals"]} and {"S", "XS"} <= set(cfg.models.students):
         print(verdict(report, world_closed_book(cfg.world.dir))["line"])  # the last line: did it work?
     return 0
+
+
+def _world_step(cfg: Config) -> None:
+    """The run's first step: the toy world its config names, built on first use and timed."""
+    import time
+
+    from toyworld.world import ensure_world
+
+    if not cfg.world.dir:
+        return
+    t0 = time.perf_counter()
+    ensure_world(cfg.world)
+    print(f"[run] world {cfg.world.dir}: ready in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

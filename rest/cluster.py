@@ -1,4 +1,10 @@
-"""Connect the driver to Ray: an embedded local cluster by default, or an existing one.
+"""The run's cluster: connecting to Ray, and every actor group of a run laid out in one place.
+
+``RunCluster`` is the one object that places, starts and stops the run's actors (OpenRLHF's
+``RayActorGroup`` and veRL's ``ResourcePoolManager`` idea): the search actors, the rollout
+samplers, the rankers, the learner group and the short-lived eval sampler pools, each with
+the CPUs and GPUs the config reserves for it (``reserved`` counts them the same way).
+Groups start on first use, or together in parallel with ``start``; ``close`` stops them all.
 
 ``address=None`` starts a local cluster sized for the run: Ray's CPUs are logical, and
 the phases of a generation take turns (samplers sample while the learner idles, the
@@ -13,12 +19,34 @@ learner's placement group would otherwise wait forever for the missing half CPU)
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import os
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import ray
+from transformers import AutoModelForCausalLM
 
+from actors.rankers.actor import RankerActor, StepScores
+from actors.sampler import RemoteSearch, SamplerActor
+from actors.search.actor import SearchActor
+from agent.trajectory import Question
 from core.config import Config, ConfigError
+from core.errors import cause_line
+from core.run_dir import RunDir
+from learner.broadcast import weights_checksum
+from learner.deepspeed_rank import unique_state
+from learner.group import LearnerGroup
+from rest.workers import SamplerPool
+
+
+class ClusterError(RuntimeError):
+    """An actor group failed to start or answer; the message is one line."""
 
 #: environment every actor of an embedded cluster gets
 ACTOR_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
@@ -83,3 +111,187 @@ def connect(address: str | None, cfg: Config, dashboard: bool = True) -> str:
 def _host_port(address: str) -> bool:
     host, _, port = address.rpartition(":")
     return bool(host) and port.isdigit()
+
+
+class RunCluster:
+    """The actor groups of one run (see the module doc); a group starts on first use."""
+
+    GROUPS = ("search", "samplers", "rankers", "learner")
+
+    def __init__(self, cfg: Config, run: RunDir, questions: Sequence[Question], hidden: Callable[[], Collection[str]],
+                 version: Callable[[], int], gold: dict[str, dict] | None = None):
+        """``questions`` are the rollout's (no gold answers), ``hidden()`` the passages rollouts may not
+        see (asked when the search actors start), ``version()`` the policy version a (re)started rollout
+        sampler must hold, ``gold`` the question records only an oracle ranker gets."""
+        self.cfg, self.run = cfg, run
+        self.questions, self.hidden, self.version, self.gold = list(questions), hidden, version, gold
+        self._groups: dict[str, Any] = {}
+        self._locks = {name: threading.Lock() for name in self.GROUPS}
+        self._weights: dict[int, tuple[ray.ObjectRef, str]] = {}
+        self._weights_lock = threading.Lock()
+        self._names = itertools.count(1)
+
+    # ---------------------------------------------------------------- the groups
+
+    def start(self, groups: Sequence[str] = GROUPS) -> float:
+        """Start ``groups`` at once (search first: the samplers use it); returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.search  # noqa: B018 - started for its side effect
+        rest = [g for g in groups if g != "search"]
+        with ThreadPoolExecutor(max_workers=max(1, len(rest)), thread_name_prefix="start") as threads:
+            for future in [threads.submit(getattr, self, g) for g in rest]:
+                future.result()
+        return time.perf_counter() - t0
+
+    def started(self, group: str) -> Any | None:
+        """Group ``group`` if it has started, else None (it never starts one)."""
+        return self._groups.get(group)
+
+    @property
+    def search(self) -> list:
+        """The search actors the samplers share (sampler i uses actor i mod M)."""
+        def make() -> list:
+            r = self.cfg.rest
+            return [SearchActor.options(num_cpus=r.search_num_cpus, name=self._name(f"search-{i}"))
+                    .remote(self.cfg.search, sorted(self.hidden())) for i in range(r.num_search_actors)]
+        return self._group("search", make)
+
+    @property
+    def samplers(self) -> SamplerPool:
+        """The rollout samplers, each brought to the run's current policy version."""
+        def make() -> SamplerPool:
+            r = self.cfg.rest
+            return SamplerPool(lambda slot: self._sampler(slot, self.cfg, self.questions, self.cfg.models.policy,
+                                                          self.version(), "sampler", rollout=True),
+                               r.num_samplers, r.call_timeout_s, r.max_task_retries)
+        return self._group("samplers", make)
+
+    @property
+    def rankers(self) -> list:
+        def make() -> list:
+            c = self.cfg.ranker
+            gold = self.gold if c.kind == "oracle" else None
+            return [RankerActor.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, name=self._name(f"ranker-{i}"))
+                    .remote(c, gold, revisions=self.cfg.models.revisions) for i in range(c.num_actors)]
+        return self._group("rankers", make)
+
+    @property
+    def learner(self) -> LearnerGroup:
+        return self._group("learner", lambda: LearnerGroup(self.cfg.learner,
+                                                           control_timeout_s=self.cfg.rest.call_timeout_s))
+
+    def eval_pool(self, cfg: Config, questions: Sequence[Question], model: str, label: str) -> SamplerPool:
+        """Short-lived eval samplers holding ``model`` (searching the whole corpus); the caller shuts it down."""
+        size = min(cfg.rest.num_samplers, max(1, -(-len(questions) // cfg.rest.questions_per_task)))
+        return SamplerPool(lambda slot: self._sampler(slot, cfg, list(questions), model, 0, label, rollout=False),
+                           size, cfg.rest.call_timeout_s, cfg.rest.max_task_retries, what=f"eval sampler ({label})")
+
+    def eval_concurrency(self, models: int) -> int:
+        """How many models to evaluate at once: as many whole eval pools as the free resources hold.
+
+        Pools start their actors one by one, so two pools sharing too few resources could
+        each wait for the other's; whole pools only never deadlock.
+        """
+        r = self.cfg.rest
+        need = {"CPU": r.num_samplers * r.sampler_num_cpus, "GPU": r.num_samplers * r.sampler_num_gpus}
+        free = ray.available_resources()
+        fits = [int(free.get(k, 0.0) // v) for k, v in need.items() if v > 0]
+        return max(1, min([models, *fits]))
+
+    # ---------------------------------------------------------------- calls across a group
+
+    def rank(self, trajectories: list[dict], on_chunk: Callable[[int], None] = lambda n: None) -> StepScores:
+        """Every LLM step's scores, the trajectories dealt to the rankers in chunks (4 per ranker)."""
+        rankers = self.rankers
+        n_chunks = max(1, min(len(trajectories), 4 * len(rankers)))
+        chunks = [trajectories[i::n_chunks] for i in range(n_chunks)]
+        timeout = self.cfg.rest.call_timeout_s
+        refs = {rankers[i % len(rankers)].rank.remote(chunk): i for i, chunk in enumerate(chunks)}
+        deadline = time.monotonic() + timeout * -(-n_chunks // len(rankers))
+        scores: StepScores = {}
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise ClusterError("rankers did not finish within the call timeout")
+            for ref in ready:
+                i = refs.pop(ref)
+                scores.update(self.get([ref], "ranker")[0])
+                on_chunk(len(chunks[i]))
+        return scores
+
+    def load_checkpoint_weights(self, version: int) -> str:
+        """Every rollout sampler loads L's gen-``version`` checkpoint; returns the checksum they all verified."""
+        ref, checksum = self._checkpoint_weights(version)
+        got = self.get([a.load_weights.remote(ref, version, checksum) for a in self.samplers.actors], "load weights")
+        if set(got) != {checksum}:
+            raise ClusterError(f"load weights v{version}: a sampler acknowledged a different checksum")
+        return checksum
+
+    def hidden_passages(self) -> int:
+        """Held-out passages the search actors have kept from rollouts so far."""
+        return sum(s["hidden"] for s in self.get([a.stats.remote() for a in self.search], "search stats"))
+
+    def get(self, refs: list, what: str) -> list:
+        """``ray.get`` within the call timeout; a timeout or remote failure is one ClusterError line."""
+        try:
+            return ray.get(refs, timeout=self.cfg.rest.call_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise ClusterError(f"{what}: no answer within {self.cfg.rest.call_timeout_s:.0f} s") from None
+        except ray.exceptions.RayError as e:
+            raise ClusterError(f"{what}: {cause_line(e)}") from None
+
+    def close(self) -> None:
+        """Stop every actor of the run (safe to call twice)."""
+        groups, self._groups = self._groups, {}
+        if "samplers" in groups:
+            groups["samplers"].shutdown()
+        if "learner" in groups:
+            groups["learner"].shutdown()
+        for actor in [*groups.get("rankers", []), *groups.get("search", [])]:
+            ray.kill(actor, no_restart=True)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _group(self, name: str, make: Callable[[], Any]) -> Any:
+        with self._locks[name]:
+            if name not in self._groups:
+                self._groups[name] = make()
+            return self._groups[name]
+
+    def _sampler(self, slot: int, cfg: Config, questions: list[Question], model: str, version: int, label: str,
+                 rollout: bool):
+        """A ready sampler actor holding ``model``, brought to policy ``version`` from L's checkpoint; a
+        ``rollout`` sampler's searches skip the held-out passages (``rest.leakage``), an eval sampler's do not."""
+        search = RemoteSearch(self.search[slot % len(self.search)], cfg.rest.call_timeout_s, hide_held_out=rollout)
+        actor = SamplerActor.options(
+            num_cpus=cfg.rest.sampler_num_cpus, num_gpus=cfg.rest.sampler_num_gpus, name=self._name(f"{label}-{slot}"),
+        ).remote(cfg, questions, search, replica=slot, model=model)
+        if version > 0:
+            ref, checksum = self._checkpoint_weights(version)
+            self.get([actor.load_weights.remote(ref, version, checksum)], f"{label} {slot} load weights")
+        (got,) = self.get([actor.ping.remote()], f"{label} {slot} start")
+        if got != version:
+            raise ClusterError(f"{label} {slot} started at version {got}, expected {version}")
+        return actor
+
+    def _checkpoint_weights(self, version: int) -> tuple[ray.ObjectRef, str]:
+        """L's gen-``version`` checkpoint as the learner broadcasts it (object ref, checksum), loaded once."""
+        with self._weights_lock:  # samplers start in threads, and transformers' loading is not thread-safe
+            if version not in self._weights:
+                model = AutoModelForCausalLM.from_pretrained(str(self.run.checkpoint("L", version)), dtype="auto",
+                                                             use_safetensors=True)
+                state = unique_state(model)
+                self._weights[version] = (ray.put(state), weights_checksum(state))
+            return self._weights[version]
+
+    def _name(self, what: str) -> str:
+        # samplers start in parallel threads: itertools.count hands out numbers atomically
+        return f"{self.run.name}.{what}.{next(self._names)}"
+
+
+def eval_config(cfg: Config) -> Config:
+    """``cfg`` as the eval samplers run it: the eval temperature and samples, continuing by perplexity."""
+    out = dataclasses.replace(cfg)
+    out.agent = dataclasses.replace(cfg.agent, temperature=cfg.eval.temperature, k_samples=cfg.eval.k_samples)
+    out.rest = dataclasses.replace(cfg.rest, continue_with="perplexity")
+    return out

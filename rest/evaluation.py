@@ -1,4 +1,5 @@
-"""Score trajectories that sampler actors produced into the same ``EvalResult`` that ``rest-react eval`` writes.
+"""The driver's evaluation: a model's questions on eval sampler actors, scored into the ``EvalResult``
+that ``rest-react eval`` writes.
 
 The driver evaluates on actors (questions split across short-lived samplers holding
 the checkpoint), so ``evals.qa.evaluate``, which runs its own engine, does not fit;
@@ -9,14 +10,17 @@ shape, so ``score.json`` / ``predictions.jsonl`` mean the same thing everywhere.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from agent.trajectory import Trajectory
+from agent.trajectory import Question, Trajectory
 from core.config import Config, SearchConfig
 from evals.datasets import Dataset
 from evals.qa import JUDGE_DETERMINISTIC, EvalResult, bm25_info, http_info, score_trajectories
+from rest.cluster import RunCluster, eval_config
+from rest.workers import make_tasks
 
 
 def search_info(cfg: SearchConfig) -> dict[str, Any]:
@@ -51,3 +55,26 @@ def score(data: Dataset, trajectories: Sequence[dict[str, Any]], cfg: Config, mo
         judge=JUDGE_DETERMINISTIC, search=search_info(cfg.search), agent=agent,
         runner_stats=trajectory_counters(trajectories), seconds=seconds, extras=data.extras,
     )
+
+
+def evaluate_model(cluster: RunCluster, cfg: Config, model: str, path: str, datasets: Sequence[Dataset],
+                   on_done: Callable[[int], None] = lambda n: None) -> list[EvalResult]:
+    """``model`` (its checkpoint at ``path``) on ``datasets``: the questions split into tasks across a
+    short-lived pool of eval samplers (greedy, searching the whole corpus), one result per dataset."""
+    run_cfg = eval_config(cfg)
+    questions = [Question(id=f"{d.name}::{q.id}", question=q.question) for d in datasets for q in d.questions]
+    tasks = make_tasks([q.id for q in questions], run_cfg.rest.questions_per_task, lambda i: run_cfg.agent.seed)
+    t0 = time.perf_counter()
+    pool = cluster.eval_pool(run_cfg, questions, path, f"eval-{model}")
+    try:
+        trajectories = pool.map(tasks, 0, 1, on_result=lambda _t, out: on_done(len(out)))
+    finally:
+        pool.shutdown()
+    seconds = time.perf_counter() - t0
+    results = []
+    for d in datasets:
+        prefix = f"{d.name}::"
+        mine = [{**t, "question_id": t["question_id"][len(prefix):]} for t in trajectories
+                if t["question_id"].startswith(prefix)]
+        results.append(score(d, mine, cfg, model, seconds))
+    return results

@@ -21,10 +21,8 @@ the gen-(k-1) policy (version k-1), so each generation still improves on the las
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -33,15 +31,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import ray
 from tqdm import tqdm
 
-from actors.rankers.actor import RankerActor
-from actors.sampler import RemoteSearch, SamplerActor
-from actors.search.actor import SearchActor
 from agent.trajectory import Question, Trajectory
 from core.config import Config
-from core.errors import cause_line
 from core.hub import resolve_model
 from core.io import read_jsonl, write_jsonl
 from core.run_dir import RunDir
@@ -51,16 +44,13 @@ from evals.datasets import Dataset, read_dataset
 from evals.qa import check_judge, write_result
 from evals.report import write_report
 from evals.targets import warm_start_warning, world_warning
-from learner.broadcast import weights_checksum
-from learner.data import SFTExample
-from learner.deepspeed_rank import unique_state
-from learner.group import LearnerGroup
-from learner.selection import apply_scores, clears, distinct_examples
+from learner.selection import apply_scores, clears
 from rest.batch import GrowingBatch, step_records
-from rest.evaluation import score, trajectory_counters
+from rest.cluster import RunCluster
+from rest.evaluation import evaluate_model, trajectory_counters
 from rest.leakage import HeldOut
 from rest.metrics import RunMetrics
-from rest.workers import SamplerPool, make_tasks
+from rest.workers import make_tasks
 
 #: losses averaged for the reported "final" learner loss
 LOSS_TAIL = 5
@@ -84,10 +74,9 @@ class ReSTLoop:
         if cfg.rest.max_train_questions:
             self.train.questions = self.train.questions[: cfg.rest.max_train_questions]
         self._fitted_policy: int | None = None  # generation whose L weights the learner holds
-        self._weights: dict[int, tuple[ray.ObjectRef, str]] = {}
-        self._examples_of: tuple[int | None, list, int] = (None, [], 0)  # see _training_examples
-        self._weights_lock = threading.Lock()  # samplers start in parallel threads (see _checkpoint_weights)
-        self._actors = itertools.count(1)
+        gold = {q.id: {"answers": list(q.answers), **self.train.extras.get(q.id, {})} for q in self.train.questions}
+        self.cluster = RunCluster(cfg, run, [Question(id=q.id, question=q.question) for q in self.train.questions],
+                                  lambda: self.held_out.passages, lambda: self.state.version, gold)
 
     # ================================================================ the algorithm
 
@@ -110,7 +99,7 @@ class ReSTLoop:
                 else:
                     self.generation(gen)
         finally:
-            self.close()
+            self.cluster.close()
         return json.loads(self.run.report.read_text())
 
     def generation(self, gen: int) -> None:
@@ -159,9 +148,9 @@ class ReSTLoop:
         ids = self.rollout_question_ids(gen)
         tasks = make_tasks(ids, self.cfg.rest.questions_per_task, lambda i: self._seed(gen, f"rollout-{i}"))
         t_phase = time.perf_counter()
-        pool = self.pool  # the samplers start on first use: their start-up is part of this phase
-        startup = time.perf_counter() - t_phase
-        before, hidden_before = dict(pool.stats), self._hidden_passages()
+        startup = self.cluster.start()  # every group at once: their start-up is part of this phase
+        pool = self.cluster.samplers
+        before, hidden_before = dict(pool.stats), self.cluster.hidden_passages()
         t0 = time.perf_counter()
         with self._bar(len(ids) * tpq, f"gen {gen} rollout") as bar:
             trajectories = pool.map(tasks, version, tpq, on_result=lambda _t, out: bar.update(len(out)))
@@ -184,7 +173,7 @@ class ReSTLoop:
         return {"version": version, "trajectories_per_question": tpq, **c,
                 "tokens_per_s": round(c["generated_tokens"] / max(seconds, 1e-9), 1),
                 "resubmitted": delta["resubmitted"], "replaced": delta["replaced"],
-                "held_out_hidden": self._hidden_passages() - hidden_before, "rollout_breakdown": breakdown}
+                "held_out_hidden": self.cluster.hidden_passages() - hidden_before, "rollout_breakdown": breakdown}
 
     def rollout_question_ids(self, gen: int) -> list[str]:
         """The training questions generation ``gen`` rolls out on: all of them, or with
@@ -200,23 +189,8 @@ class ReSTLoop:
         """The rankers score every LLM step; each step keeps its scores and best sample
         (``learner.selection``), in place in the trajectory file."""
         trajectories = read_jsonl(self.run.trajectories(gen))
-        n_chunks = max(1, min(len(trajectories), 4 * len(self.rankers)))
-        chunks = [trajectories[i::n_chunks] for i in range(n_chunks)]
-        refs = {self.rankers[i % len(self.rankers)].rank.remote(chunk): i for i, chunk in enumerate(chunks)}
-        deadline = time.monotonic() + self.cfg.rest.call_timeout_s * -(-n_chunks // len(self.rankers))
-        scores: dict[tuple[str, int], list[float]] = {}
         with self._bar(len(trajectories), f"gen {gen} rank") as bar:
-            while refs:
-                ready, _ = ray.wait(list(refs), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-                if not ready:
-                    raise RunError(f"gen {gen} rank: rankers did not finish within the call timeout")
-                for ref in ready:
-                    i = refs.pop(ref)
-                    try:
-                        scores.update(ray.get(ref, timeout=self.cfg.rest.call_timeout_s))
-                    except ray.exceptions.RayError as e:
-                        raise RunError(f"gen {gen} rank: ranker failed: {cause_line(e)}") from None
-                    bar.update(len(chunks[i]))
+            scores = self.cluster.rank(trajectories, on_chunk=bar.update)
         ranked = [Trajectory.from_dict(t) for t in trajectories]
         for traj in ranked:
             for index, step in enumerate(traj.steps):
@@ -247,27 +221,25 @@ class ReSTLoop:
         out = self.run.checkpoint("L", gen)
         if _is_checkpoint(out):  # saved before a crash, not yet marked: keep it
             return {"checkpoint": str(out), "kept": True}
-        examples, repeats = self._training_examples(gen)
+        examples, repeats = self.batch.training_examples(gen, self.cfg.rest.distinct_examples)
         if not examples:
             raise RunError(f"gen {gen} finetune: the growing batch has no examples (no sampled step parsed; "
                            f"see {self.run.trajectories(gen)})")
-        fit = self.learner.fit(self._local(self.cfg.models.policy), examples, str(out), seed=self._seed(gen, "fit-L"), name="L")
+        fit = self.cluster.learner.fit(self._local(self.cfg.models.policy), examples, str(out),
+                                       seed=self._seed(gen, "fit-L"), name="L")
         self._fitted_policy = gen
         return {**self._fit_counters(fit), "repeats_dropped": repeats}
 
     def broadcast(self, gen: int) -> dict[str, Any]:
         """The gen-``gen`` L weights go to every sampler as version ``gen``, checked by checksum."""
         if self._fitted_policy == gen:
-            res = self.learner.broadcast(self.pool.actors, version=gen, transport=self.cfg.learner.transport)
+            res = self.cluster.learner.broadcast(self.cluster.samplers.actors, version=gen,
+                                                 transport=self.cfg.learner.transport)
             info = {"transport": res.transport, "bytes": res.bytes, "checksum": res.checksum,
                     "broadcast_seconds": round(res.seconds, 3)}
         else:  # resumed after the fine-tune: the learner no longer holds the weights, the checkpoint does
-            ref, checksum = self._checkpoint_weights(gen)
-            got = self._get([a.load_weights.remote(ref, gen, checksum) for a in self.pool.actors], "load weights")
-            if set(got) != {checksum}:
-                raise RunError(f"gen {gen} broadcast: a sampler acknowledged a different checksum")
-            info = {"transport": "checkpoint", "checksum": checksum}
-        versions = self.pool.ping_all()
+            info = {"transport": "checkpoint", "checksum": self.cluster.load_checkpoint_weights(gen)}
+        versions = self.cluster.samplers.ping_all()
         if set(versions) != {gen}:
             raise RunError(f"gen {gen} broadcast: samplers hold versions {versions}, expected {gen}")
         return {"version": gen, **info}
@@ -280,8 +252,9 @@ class ReSTLoop:
             if _is_checkpoint(ckpt):
                 out[name] = {"checkpoint": str(ckpt), "kept": True}
                 continue
-            examples, _ = self._training_examples(gen)
-            fit = self.learner.fit(self._local(start), examples, str(ckpt), seed=self._seed(gen, f"fit-{name}"), name=name)
+            examples, _ = self.batch.training_examples(gen, self.cfg.rest.distinct_examples)
+            fit = self.cluster.learner.fit(self._local(start), examples, str(ckpt), seed=self._seed(gen, f"fit-{name}"),
+                                           name=name)
             self._fitted_policy = None
             out[name] = self._fit_counters(fit)
         return {"students": out}
@@ -291,7 +264,7 @@ class ReSTLoop:
         datasets = self.eval_sets
         todo = {model: [d for d in datasets if not (self.run.eval_dir(gen, model, d.name) / "score.json").is_file()]
                 for model in self.models_at(gen)}
-        with ThreadPoolExecutor(max_workers=self._eval_concurrency(len(todo))) as threads:
+        with ThreadPoolExecutor(max_workers=self.cluster.eval_concurrency(len(todo))) as threads:
             futures = [threads.submit(self._evaluate_model, gen, model, self.models_at(gen)[model], sets)
                        for model, sets in todo.items() if sets]
             for future in futures:
@@ -329,16 +302,6 @@ class ReSTLoop:
         """A model's directory: itself, or a hub id's snapshot at the commit the run pinned at its start."""
         return str(resolve_model(model, self.cfg.models.revisions.get(model)).path)
 
-    def _training_examples(self, gen: int) -> tuple[list[SFTExample], int]:
-        """What every model of generation ``gen`` trains on, and how many repeats were left out: the
-        growing batch up to ``gen``, each (prompt, target) once if ``rest.distinct_examples``.
-        Read once per generation (L and the students share it); only the latest is kept."""
-        if self._examples_of[0] != gen:
-            every = self.batch.examples(upto=gen)
-            examples = distinct_examples(every) if self.cfg.rest.distinct_examples else every
-            self._examples_of = (gen, examples, len(every) - len(examples))
-        return self._examples_of[1], self._examples_of[2]
-
     @cached_property
     def _eval_datasets(self) -> list[Dataset]:
         """The eval datasets in full, read once."""
@@ -356,10 +319,6 @@ class ReSTLoop:
         the ``eval.limit`` evaluated."""
         return HeldOut.of(self._eval_datasets)
 
-    def _hidden_passages(self) -> int:
-        """Held-out passages the search actors have kept from rollouts so far."""
-        return sum(s["hidden"] for s in self._get([a.stats.remote() for a in self.search_actors], "search stats"))
-
     def _no_leakage(self, where: str, violations: list[str]) -> None:
         if violations:
             more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
@@ -369,42 +328,10 @@ class ReSTLoop:
         """Model name -> checkpoint of generation ``gen`` (0: the starting checkpoints)."""
         return self.run.models_at(self.cfg, gen)
 
-    def _eval_concurrency(self, models: int) -> int:
-        """How many models to evaluate at once: as many whole eval pools as the free resources hold.
-
-        Pools start their actors one by one, so two pools sharing too few resources
-        could each wait for the other's; whole pools only never deadlock.
-        """
-        r = self.cfg.rest
-        need = {"CPU": r.num_samplers * r.sampler_num_cpus, "GPU": r.num_samplers * r.sampler_num_gpus}
-        free = ray.available_resources()
-        fits = [int(free.get(k, 0.0) // v) for k, v in need.items() if v > 0]
-        return max(1, min([models, *fits]))
-
     def _evaluate_model(self, gen: int, model: str, path: str, datasets: list[Dataset]) -> list:
-        """``model`` on ``datasets``: questions split into tasks across eval sampler actors (greedy)."""
-        cfg = dataclasses.replace(self.cfg)
-        cfg.agent = dataclasses.replace(cfg.agent, temperature=cfg.eval.temperature, k_samples=cfg.eval.k_samples)
-        cfg.rest = dataclasses.replace(cfg.rest, continue_with="perplexity")
-        questions = [Question(id=f"{d.name}::{q.id}", question=q.question) for d in datasets for q in d.questions]
-        tasks = make_tasks([q.id for q in questions], cfg.rest.questions_per_task, lambda i: cfg.agent.seed)
-        size = min(cfg.rest.num_samplers, len(tasks))
-        t0 = time.perf_counter()
-        pool = SamplerPool(lambda slot: self._sampler(slot, cfg, questions, path, 0, f"eval-{model}", rollout=False),
-                           size, cfg.rest.call_timeout_s, cfg.rest.max_task_retries, what=f"eval sampler ({model})")
-        try:
-            with self._bar(len(questions), f"gen {gen} eval {model}") as bar:
-                trajectories = pool.map(tasks, 0, 1, on_result=lambda _t, out: bar.update(len(out)))
-        finally:
-            pool.shutdown()
-        seconds = time.perf_counter() - t0
-        results = []
-        for d in datasets:
-            prefix = f"{d.name}::"
-            mine = [{**t, "question_id": t["question_id"][len(prefix):]} for t in trajectories
-                    if t["question_id"].startswith(prefix)]
-            results.append(score(d, mine, self.cfg, model, seconds))
-        return results
+        """``model`` on ``datasets``, its questions split across eval sampler actors (``rest.evaluation``)."""
+        with self._bar(sum(len(d.questions) for d in datasets), f"gen {gen} eval {model}") as bar:
+            return evaluate_model(self.cluster, self.cfg, model, path, datasets, on_done=bar.update)
 
     def _fit_counters(self, fit) -> dict[str, Any]:
         tail = fit.losses[-LOSS_TAIL:]
@@ -417,90 +344,6 @@ class ReSTLoop:
     def _seed(self, gen: int, what: str) -> int:
         """A seed that depends only on the config's seed, the generation and what it is for."""
         return purpose_seed(self.cfg.agent.seed, gen, what)
-
-    # ================================================================ actors
-
-    @cached_property
-    def search_actors(self) -> list:
-        r = self.cfg.rest
-        hidden = sorted(self.held_out.passages)
-        return [SearchActor.options(num_cpus=r.search_num_cpus, name=self._name(f"search-{i}"))
-                .remote(self.cfg.search, hidden) for i in range(r.num_search_actors)]
-
-    @cached_property
-    def pool(self) -> SamplerPool:
-        """The rollout samplers, at the policy version ``state.json`` records."""
-        r = self.cfg.rest
-        questions = [Question(id=q.id, question=q.question) for q in self.train.questions]  # no gold answers
-        return SamplerPool(
-            lambda slot: self._sampler(slot, self.cfg, questions, self.cfg.models.policy, self.state.version, "sampler",
-                                      rollout=True),
-            r.num_samplers, r.call_timeout_s, r.max_task_retries)
-
-    @cached_property
-    def rankers(self) -> list:
-        c = self.cfg.ranker
-        gold = None
-        if c.kind == "oracle":
-            gold = {q.id: {"answers": list(q.answers), **self.train.extras.get(q.id, {})} for q in self.train.questions}
-        return [RankerActor.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, name=self._name(f"ranker-{i}"))
-                .remote(c, gold, revisions=self.cfg.models.revisions) for i in range(c.num_actors)]
-
-    @cached_property
-    def learner(self):
-        return LearnerGroup(self.cfg.learner, control_timeout_s=self.cfg.rest.call_timeout_s)
-
-    def _sampler(self, slot: int, cfg: Config, questions: list[Question], model: str, version: int, label: str,
-                 rollout: bool):
-        """A ready sampler actor holding ``model``, brought to policy ``version`` from L's checkpoint; a
-        ``rollout`` sampler's searches skip the held-out passages (``rest.leakage``), an eval sampler's do not."""
-        search = RemoteSearch(self.search_actors[slot % len(self.search_actors)], cfg.rest.call_timeout_s,
-                              hide_held_out=rollout)
-        actor = SamplerActor.options(
-            num_cpus=cfg.rest.sampler_num_cpus, num_gpus=cfg.rest.sampler_num_gpus, name=self._name(f"{label}-{slot}"),
-        ).remote(cfg, questions, search, replica=slot, model=model)
-        if version > 0:
-            ref, checksum = self._checkpoint_weights(version)
-            self._get([actor.load_weights.remote(ref, version, checksum)], f"{label} {slot} load weights")
-        (got,) = self._get([actor.ping.remote()], f"{label} {slot} start")
-        if got != version:
-            raise RunError(f"{label} {slot} started at version {got}, expected {version}")
-        return actor
-
-    def _checkpoint_weights(self, version: int) -> tuple[ray.ObjectRef, str]:
-        """L's gen-``version`` checkpoint as the learner broadcasts it (object ref, checksum), cached."""
-        with self._weights_lock:  # one load: transformers' loading is not thread-safe (two at once gave
-            if version not in self._weights:  # "Cannot copy out of meta tensor" on a resumed gen 2)
-                from transformers import AutoModelForCausalLM
-
-
-                model = AutoModelForCausalLM.from_pretrained(str(self.run.checkpoint("L", version)), dtype="auto",
-                                                             use_safetensors=True)
-                state = unique_state(model)
-                self._weights[version] = (ray.put(state), weights_checksum(state))
-            return self._weights[version]
-
-    def _get(self, refs: list, what: str) -> list:
-        try:
-            return ray.get(refs, timeout=self.cfg.rest.call_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise RunError(f"{what}: no answer within {self.cfg.rest.call_timeout_s:.0f} s") from None
-        except ray.exceptions.RayError as e:
-            raise RunError(f"{what}: {cause_line(e)}") from None
-
-    def _name(self, what: str) -> str:
-        # samplers start in parallel threads: itertools.count hands out numbers atomically
-        return f"{self.run.name}.{what}.{next(self._actors)}"
-
-    def close(self) -> None:
-        """Stop every actor this loop started (safe to call twice)."""
-        if "pool" in self.__dict__:
-            self.pool.shutdown()
-        if "learner" in self.__dict__:
-            self.learner.shutdown()
-        for name in ("rankers", "search_actors"):
-            for actor in self.__dict__.pop(name, []):
-                ray.kill(actor, no_restart=True)
 
     # ================================================================ terminal
 

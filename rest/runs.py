@@ -22,17 +22,18 @@ from core.config import Config, ConfigError, load_config
 from core.hub import pin_revisions
 from core.io import write_atomic
 from core.run_dir import RunDir, remove_leftovers
-from toyworld.world import with_world_paths
+from toyworld.world import world_paths
 
 
 def resolve_config(cfg: Config) -> Config:
-    """``cfg`` with every path a run needs filled in (building the toy world on first use).
+    """``cfg`` with every path a run needs filled in; reads the disk, builds nothing (``rest-react
+    run`` builds a missing toy world first, as a step of its own).
 
-    engine.model / search.corpus come from the world (``toyworld.world.with_world_paths``);
+    engine.model / search.corpus come from the world (``toyworld.world.world_paths``);
     models.policy defaults to engine.model (the warm start), and models.students to the
     world's ``S-base`` and ``XS-base`` when a world is configured.
     """
-    cfg = with_world_paths(cfg)
+    cfg = world_paths(cfg)
     policy = cfg.models.policy or cfg.engine.model
     if not policy:
         raise ConfigError(f"{cfg.source}: models.policy: required (or engine.model, or world.dir)")

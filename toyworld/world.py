@@ -23,7 +23,7 @@ tokenizer. The world is built in a temporary sibling directory and renamed into 
 at the end, so a crash never leaves a half world; ``world.json`` is the completion
 mark, and a later call with the same seed, size and threads returns it without rebuilding.
 
-``with_world_paths(cfg)`` is the one place a config's world-dependent paths are
+``world_paths(cfg)`` is the one place a config's world-dependent paths are
 filled in (engine.model -> L-warm, search.corpus -> the world's corpus).
 """
 
@@ -439,8 +439,8 @@ def ensure_world(world_cfg: WorldConfig) -> Path:
     return Path(world_cfg.dir)
 
 
-def with_world_paths(cfg: Config) -> Config:
-    """``cfg`` with its empty world-dependent paths filled from ``world.dir`` (building the world if needed).
+def world_paths(cfg: Config) -> Config:
+    """``cfg`` with its empty world-dependent paths filled from ``world.dir``; nothing is built.
 
     engine.model empty -> ``<world>/models/L-warm``; search.corpus empty (bm25) ->
     ``<world>/corpus.jsonl.gz``. Paths set explicitly are kept. Without world.dir the
@@ -450,10 +450,17 @@ def with_world_paths(cfg: Config) -> Config:
     need_corpus = cfg.search.backend == "bm25" and not cfg.search.corpus
     if not cfg.world.dir or not (need_model or need_corpus):
         return cfg
-    world = ensure_world(cfg.world)
+    world = Path(cfg.world.dir)
     cfg = dataclasses.replace(cfg)
     if need_model:
         cfg.engine = dataclasses.replace(cfg.engine, model=str(world / "models" / "L-warm"))
     if need_corpus:
         cfg.search = dataclasses.replace(cfg.search, corpus=str(world / "corpus.jsonl.gz"))
     return cfg
+
+
+def with_world_paths(cfg: Config) -> Config:
+    """``world_paths(cfg)``, building the world first when a path comes from it (``episode``, ``eval``)."""
+    if cfg.world.dir and (not cfg.engine.model or (cfg.search.backend == "bm25" and not cfg.search.corpus)):
+        ensure_world(cfg.world)
+    return world_paths(cfg)

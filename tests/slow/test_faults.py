@@ -137,7 +137,7 @@ def test_sampler_then_learner_rank_killed_the_run_resumes_to_the_uninterrupted_r
     def killer() -> None:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and "sampler" not in killed:  # a busy sampler, after one task
-            pool = loop.__dict__.get("pool")
+            pool = loop.cluster.started("samplers")
             busy = pool.in_flight() if pool is not None else {}
             if pool is not None and pool.stats["tasks"] >= 1 and busy:
                 slot = next(iter(busy))
@@ -145,7 +145,7 @@ def test_sampler_then_learner_rank_killed_the_run_resumes_to_the_uninterrupted_r
                 killed["sampler"] = slot
             time.sleep(0.02)
         while time.monotonic() < deadline:  # then learner rank 1, once the group is fitting L
-            group = loop.__dict__.get("learner")
+            group = loop.cluster.started("learner")
             if group is not None and len(group.ranks) == 2:
                 time.sleep(0.5)  # the fit started (it follows the group's start at once) and runs ~30 steps
                 ray.kill(group.ranks[1], no_restart=True)

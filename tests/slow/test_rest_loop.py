@@ -85,7 +85,7 @@ def test_collective_transport_and_a_sampler_killed_mid_rollout(cluster, runs, po
     def killer(loop: ReSTLoop) -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            pool = loop.__dict__.get("pool")
+            pool = loop.cluster.started("samplers")
             busy = pool.in_flight() if pool is not None else {}
             if pool is not None and pool.stats["tasks"] >= 1 and busy:
                 slot = next(iter(busy))

@@ -89,7 +89,7 @@ def test_the_rollout_phase_records_its_breakdown(cfg, cluster, tmp_path):
         for gen, phase in ((0, "eval"), (0, "report"), (1, "rollout")):
             loop._phase(gen, phase, getattr(loop, "evaluate" if phase == "eval" else phase))
     finally:
-        loop.close()
+        loop.cluster.close()
     line = [json.loads(x) for x in run.metrics.read_text().splitlines()][-1]
     assert line["phase"] == "rollout"
     b = line["rollout_breakdown"]
