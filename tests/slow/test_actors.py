@@ -21,11 +21,12 @@ from actors.rankers.actor import RankerActor
 from actors.sampler import RemoteSearch, SamplerActor
 from actors.search.actor import SearchActor
 from actors.search.bm25 import BM25Search
-from agent.trajectory import LLM_STEP_KINDS, Question
+from agent.trajectory import LLM_STEP_KINDS, Question, Trajectory
 from core.config import AgentConfig, Config, EngineConfig, RankerConfig, SearchConfig
 from core.errors import StaleWeights
 from core.search import SearchError
 from learner.broadcast import weights_checksum
+from learner.selection import apply_scores
 from learner.trainer import TrainConfig, train
 from rest.backends import build_engine
 from toyworld.build import build_world_data, load_questions
@@ -131,19 +132,25 @@ def test_ranker_actors_rank_every_llm_step(cluster, world, rollout):
     oracle = RankerActor.options(num_cpus=0.25).remote(RankerConfig(kind="oracle"), gold)
     by_critic, by_oracle = ray.get([critic.rank.remote(trajs), oracle.rank.remote(trajs)], timeout=TIMEOUT)
     n_llm = differ = agree = 0
-    for before, c, o in zip(trajs, by_critic, by_oracle, strict=True):
-        for b, cs, os_ in zip(before["steps"], c["steps"], o["steps"], strict=True):
-            if b["kind"] not in LLM_STEP_KINDS:
-                assert cs == b and os_ == b
+    for d in trajs:
+        traj = Trajectory.from_dict(d)
+        for i, step in enumerate(traj.steps):
+            key = (traj.id, i)
+            if step.kind not in LLM_STEP_KINDS:
+                assert key not in by_critic and key not in by_oracle  # only LLM steps are scored
                 continue
             n_llm += 1
-            for s in (cs, os_):
-                assert len(s["scores"]) == len(s["samples"])
-                ok = [i for i, p in enumerate(s["parse_ok"]) if p]
-                assert s["ranker_best"] in ok if ok else s["ranker_best"] is None
-            if len({x["text"] for x in b["samples"]}) > 1:
+            picks = []
+            for scores in (by_critic[key], by_oracle[key]):
+                s = Trajectory.from_dict(d).steps[i]
+                apply_scores(s, scores)  # what the rank phase records
+                assert len(s.scores) == len(s.samples)
+                ok = [j for j, p in enumerate(s.parse_ok) if p]
+                assert s.ranker_best in ok if ok else s.ranker_best is None
+                picks.append(s.ranker_best)
+            if len({x.text for x in step.samples}) > 1:
                 differ += 1
-                agree += cs["ranker_best"] == os_["ranker_best"]
+                agree += picks[0] == picks[1]
     assert n_llm > 0
     assert ray.get(critic.stats.remote(), timeout=60)["steps"] == n_llm
     print(f"critic agrees with the oracle on {agree}/{differ} steps whose samples differ ({n_llm} LLM steps)")

@@ -145,9 +145,9 @@ def test_sampler_then_learner_rank_killed_the_run_resumes_to_the_uninterrupted_r
                 killed["sampler"] = slot
             time.sleep(0.02)
         while time.monotonic() < deadline:  # then learner rank 1, once the group is fitting L
-            group = loop.cluster.started("learner")
-            if group is not None and len(group.ranks) == 2:
-                time.sleep(0.5)  # the fit started (it follows the group's start at once) and runs ~30 steps
+            group = loop.cluster.started("learner")  # started with the rollout's other groups
+            if group is not None and len(group.ranks) == 2 and loop.state.is_done(1, "store"):
+                time.sleep(0.5)  # the fit of L follows the store phase at once and runs ~30 steps
                 ray.kill(group.ranks[1], no_restart=True)
                 killed["rank"] = time.monotonic()
                 return
@@ -399,7 +399,8 @@ WRITERS = r'''
 import json, os, resource, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from rest.batch import GrowingBatch, write_atomic
+from core.io import write_atomic
+from rest.batch import GrowingBatch
 from core.state import RunState
 root = Path(sys.argv[1])
 state = RunState(root / "state.json"); state.mark(0, "eval", {"seconds": 1.0})
