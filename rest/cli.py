@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from core.config import Config, ConfigError, load_config
 from core.errors import EngineError
@@ -63,7 +64,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     world.json); ``--set`` still wins.
     """
     import dataclasses
-    from pathlib import Path
 
     from core.hub import resolve_model
     from evals.datasets import DatasetError, read_dataset, read_world
@@ -160,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import ray
 
     from evals.targets import verdict, world_closed_book
-    from rest.cluster import connect
+    from rest.cluster import check_shared_storage, connect
     from rest.loop import ReSTLoop
     from rest.runs import open_run
 
@@ -179,6 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _world_step(cfg)
     print(connect(args.address, cfg), flush=True)
     try:
+        nodes = check_shared_storage(args.runs_dir)
+        print(f"run storage: {Path(args.runs_dir).resolve()} seen by all {nodes} node(s)", flush=True)
         loop = ReSTLoop(cfg, run, progress=not args.no_progress)
         report = loop.run_all()
     except ConfigError:

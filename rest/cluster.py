@@ -23,13 +23,17 @@ import dataclasses
 import itertools
 import math
 import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from transformers import AutoModelForCausalLM
 
 from actors.rankers.actor import RankerActor, StepScores
@@ -38,6 +42,7 @@ from actors.search.actor import SearchActor
 from agent.trajectory import Question
 from core.config import Config, ConfigError
 from core.errors import cause_line
+from core.io import write_atomic
 from core.run_dir import RunDir
 from learner.broadcast import weights_checksum
 from learner.deepspeed_rank import unique_state
@@ -106,6 +111,54 @@ def connect(address: str | None, cfg: Config, dashboard: bool = True) -> str:
         where = f"cluster at {address}"
     url = getattr(ctx, "dashboard_url", None)
     return f"ray: {where}" + (f"; dashboard http://{url}" if url else "")
+
+
+def token_problem(path: str | os.PathLike, token: str) -> str | None:
+    """None when ``path`` holds ``token``, else what this node sees instead."""
+    try:
+        got = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        return f"cannot read it: {e.strerror or type(e).__name__}"
+    return None if got == token else "it holds another run's token"
+
+
+@ray.remote(num_cpus=0)
+def _read_token(path: str, token: str) -> tuple[str, str | None]:
+    return socket.gethostname(), token_problem(path, token)
+
+
+def check_shared_storage(runs_root: str | os.PathLike, timeout_s: float = 60.0) -> int:
+    """Refuse a cluster whose nodes do not all see ``runs_root``; returns how many nodes were checked.
+
+    Learner rank 0 saves checkpoints where it runs and the driver and the samplers open
+    them by path on other nodes, so every node must mount the same run storage. The driver
+    writes a token under ``runs_root``, a zero-CPU task on every alive node reads it back, and
+    a node that cannot is one ConfigError line naming it, before any work starts.
+    """
+    root = Path(runs_root).resolve()
+    token = uuid.uuid4().hex
+    path = root / f".storage-check-{token}"
+    try:
+        write_atomic(path, token)
+    except OSError as e:
+        raise ConfigError(f"--runs-dir: cannot write in {root}: {e.strerror or e}") from None
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        refs = [_read_token.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(path), token) for n in nodes]
+        try:
+            seen = ray.get(refs, timeout=timeout_s)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
+            raise ConfigError(f"--runs-dir: the run storage check did not finish on every node: {cause_line(e)}") \
+                from None
+    finally:
+        path.unlink(missing_ok=True)
+    for node, (host, problem) in zip(nodes, seen, strict=True):
+        if problem:
+            raise ConfigError(
+                f"--runs-dir: node {node.get('NodeManagerAddress')} ({host}) does not see {root} ({problem}); "
+                f"every node must mount the same run storage (cluster.yaml: 'shared run storage')")
+    return len(nodes)
 
 
 def _host_port(address: str) -> bool:

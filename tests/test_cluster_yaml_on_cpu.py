@@ -53,3 +53,20 @@ def test_reservations_of_the_toy_run_at_its_peak_and_at_its_least():
     assert peak_cpus(cfg) == 5.5  # rollout pool + an eval pool for each of L, S and XS
     gpus = load_config(ROOT / "configs" / "toy.yaml", ["rest.sampler_num_gpus=0.5", "learner.num_gpus_per_rank=1"])
     assert least_resources(gpus)["GPU"] == 4.0
+
+
+def test_every_node_mounts_the_run_storage_and_the_comments_match_the_config(cluster):
+    """The shared storage is mounted by a setup command (run on every node); the GPU counts in the
+    comments are the ones the GPU config reserves (``rest.cluster``)."""
+    from core.config import load_config
+    from rest.cluster import least_resources, reserved
+
+    setup = " ".join(cluster["setup_commands"])
+    assert "mount -t nfs4" in setup and "/mnt/rest-react" in setup and "HF_HOME=/mnt/rest-react/hf" in setup
+    text = (ROOT / "cluster.yaml").read_text()
+    assert "--runs-dir /mnt/rest-react/runs" in text
+    cfg = load_config(ROOT / "configs" / "bamboogle_gpu.yaml")
+    least, peak = least_resources(cfg)["GPU"], reserved(cfg, eval_pools=1 + len(cfg.models.students))["GPU"]
+    assert f"{least:g} GPUs (" in text and f"({peak:g} when every" in text
+    workers = cluster["available_node_types"]["gpu_worker"]["min_workers"]
+    assert workers * 4 >= least  # g6e.12xlarge: 4 GPUs each

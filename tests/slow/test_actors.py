@@ -29,6 +29,7 @@ from learner.broadcast import weights_checksum
 from learner.selection import apply_scores
 from learner.trainer import TrainConfig, train
 from rest.backends import build_engine
+from rest.cluster import _read_token, check_shared_storage
 from toyworld.build import build_world_data, load_questions
 from toyworld.demos import WorldFacts, demonstrate
 from toyworld.graph import WorldSize, make_world
@@ -188,3 +189,10 @@ def test_a_search_actor_killed_mid_rollout_fails_episodes_not_the_sampler(cluste
     assert any(r.startswith("search_failed") for r in reasons), reasons
     assert ray.get(sampler.ping.remote(), timeout=60) == 0  # the sampler itself lives on
     ray.kill(sampler)
+
+
+def test_every_node_reads_the_run_storage_token_and_it_is_removed(cluster, tmp_path):
+    assert check_shared_storage(tmp_path) == len([n for n in ray.nodes() if n["Alive"]]) >= 1
+    assert list(tmp_path.iterdir()) == []  # the token is gone
+    host, problem = ray.get(_read_token.remote(str(tmp_path / "missing"), "t"), timeout=60)
+    assert host and problem.startswith("cannot read it")  # what a node without the mount reports
