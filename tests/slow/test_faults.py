@@ -398,8 +398,9 @@ WRITERS = r'''
 import json, os, resource, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from rest.batch import GrowingBatch, write_atomic
+from core.io import write_atomic
 from core.state import RunState
+from rest.batch import GrowingBatch
 root = Path(sys.argv[1])
 state = RunState(root / "state.json"); state.mark(0, "eval", {"seconds": 1.0})
 write_atomic(root / "report.json", "{}\n")
