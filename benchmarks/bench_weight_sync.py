@@ -10,7 +10,7 @@ so it is reported apart from the steady state (the median of the later ones).
 
 The share: the generation time is taken from a real small ReST generation run here
 (``configs/smoke_rest.yaml`` on the tiny world, all 73 training questions, K = 4, the
-smoke policy: rollout, rank, store, finetune, broadcast, distil, eval, report, each phase
+tiny world's L-warm: rollout, rank, store, finetune, broadcast, distil, eval, report, each phase
 timed by the driver), and each transport's steady-state time for a policy of that size
 is divided by it. Target: <= 5% (OpenRLHF users report broadcasts over 40% of a step).
 The generation's own ``rollout_breakdown`` is kept in the result: the profile of its rollout.
@@ -116,7 +116,7 @@ def real_generation(workdir: Path) -> dict:
     state = RunState.load(run.state)
     phases = state.timings()["gen-1"]
     done = state.done
-    return {"config": f"{smoke_rest_config().name} + {' '.join(smoke_rest_overrides()[1:])}",
+    return {"config": f"{smoke_rest_config().name} + {' '.join(smoke_rest_overrides())}",
             "run_all_s": round(wall, 3), "phases_s": phases, "phases_sum_s": round(sum(phases.values()), 3),
             "transport": done["1/broadcast"]["transport"], "broadcast_s": done["1/broadcast"]["broadcast_seconds"],
             "bytes": done["1/broadcast"]["bytes"], "episodes": done["1/rollout"]["episodes"],

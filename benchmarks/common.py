@@ -138,7 +138,7 @@ def toy_models(sizes: Sequence[str], root: str | os.PathLike) -> dict[str, Path]
 
 
 def fixtures():
-    """``tests/slow/rest_fixtures.py``: the cached tiny world and its smoke policy (shared with the slow tests)."""
+    """``tests/slow/rest_fixtures.py``: the cached tiny world and the smoke config (shared with the slow tests)."""
     path = REPO / "tests" / "slow" / "rest_fixtures.py"
     spec = importlib.util.spec_from_file_location("rest_fixtures", path)
     module = importlib.util.module_from_spec(spec)
@@ -156,10 +156,9 @@ class Workload:
 
 
 def rollout_workload(max_questions: int = 0) -> Workload:
-    """The toy world's L-warm when ``worlds/toy-0`` is built, else the tiny world's smoke policy.
+    """The toy world's L-warm when ``worlds/toy-0`` is built, else the tiny world's L-warm.
 
-    The tiny world and its policy are built on first use (about 2 minutes, cached under
-    ``.cache/worlds``). Questions are every split's (they only serve as work), capped at
+    The tiny world is built on first use (a few minutes, cached under ``.cache/worlds``). Questions are every split's (they only serve as work), capped at
     ``max_questions`` when > 0. K = 4 samples per step (the paper's), 64 episodes in flight.
     """
     sets = ["agent.k_samples=4", "agent.max_episodes_in_flight=64"]
@@ -168,8 +167,8 @@ def rollout_workload(max_questions: int = 0) -> Workload:
         cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, policy=str(TOY_WORLD / "models" / "L-warm")))
     else:
         fx = fixtures()
-        cfg = load_config(fx.SMOKE, [*fx.smoke_overrides(fx.smoke_policy()), *sets])
-        name, world = "tiny-0 smoke policy", str(fx.ensure_world())
+        cfg = load_config(fx.SMOKE, sets)
+        name, world = "tiny-0 L-warm", str(fx.ensure_world())
     cfg = with_world_paths(cfg)
     questions = [Question(q.id, q.question) for split in ("toy-train", "toy-dev", "toy-test")
                  for q in read_dataset(split, world).questions]
@@ -180,9 +179,9 @@ def rollout_workload(max_questions: int = 0) -> Workload:
 
 def smoke_rest_overrides() -> list[str]:
     """``--set`` overrides that make configs/smoke_rest.yaml a small but real generation (all 73
-    training questions of the tiny world, K = 4, the default task size) with the smoke policy."""
+    training questions of the tiny world, K = 4, the default task size) on the tiny world's L-warm."""
     fx = fixtures()
-    return fx.smoke_overrides(fx.smoke_policy(), **{
+    return fx.overrides(**{
         "rest.max_train_questions": 0, "rest.questions_per_task": 32, "agent.max_episodes_in_flight": 64,
         "agent.k_samples": 4, "rest.trajectories_per_question": [2]})
 

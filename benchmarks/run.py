@@ -33,12 +33,13 @@ RAY_SUITES = {"scaling", "weight_sync", "learner"}
 
 
 def _rollout(quick: bool) -> dict:
-    """The rollout suite on a policy that makes multi-step episodes (toy L-warm, else the smoke policy)."""
+    """The rollout suite on a policy that makes multi-step episodes (toy L-warm, else the tiny world's)."""
     sets = ["agent.k_samples=4", "agent.max_episodes_in_flight=64"]
     if (TOY_WORLD / "world.json").is_file():
         return bench_rollout.run(quick, config="configs/toy.yaml", overrides=sets)
     fx = fixtures()
-    return bench_rollout.run(quick, config=str(fx.SMOKE), overrides=[f"engine.model={fx.smoke_policy()}", *sets])
+    fx.ensure_world()
+    return bench_rollout.run(quick, config=str(fx.SMOKE), overrides=sets)
 
 
 def suite(name: str) -> Callable[[bool], dict]:

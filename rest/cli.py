@@ -342,12 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="build a toy world + tokenizer + base models (cached)",
         description="Build the toy world at DIR: corpus and question splits, auxiliary worlds, a tokenizer, "
         "noisy demonstrations, XS/S/L base models (DIR/models/, L-warm = L-base) and their warm-start "
-        "scores (DIR/world.json). An existing world of the same seed and size is reused as is.",
+        "scores (DIR/world.json). An existing world of the same seed and size is reused as is, unless "
+        "it was built by an older version of the size's recipe: then it is rebuilt.",
     )
     p.add_argument("--out", required=True, help="world directory, e.g. worlds/toy-0")
     p.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
     p.add_argument("--size", choices=("tiny", "default"), default="default",
-                   help="tiny: a smoke-test world in about a minute; default: the CPU default run")
+                   help="tiny: a smoke-test world in a few minutes; default: the CPU default run")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per base-training process (1 and 2 round differently; default: 1)")
     p.set_defaults(func=cmd_world)

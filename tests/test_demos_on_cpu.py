@@ -23,7 +23,7 @@ from toyworld.modelzoo import train_tokenizer
 from toyworld.pools import NAME_POOLS
 from toyworld.rename import renamed
 from toyworld.render import render_world
-from toyworld.world import AGENT_STEP_KEYS, TOY_AGENT, agent_overrides, with_world_paths
+from toyworld.world import AGENT_STEP_KEYS, RECIPES, TOY_AGENT, agent_overrides, build_world, with_world_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 7
@@ -158,7 +158,7 @@ def test_toy_config_acts_like_the_demonstrations():
 def test_world_paths_fill_from_a_built_world(tmp_path):
     world = tmp_path / "w"
     world.mkdir()
-    (world / "world.json").write_text(json.dumps({"seed": 3, "size": "tiny"}))
+    (world / "world.json").write_text(json.dumps({"seed": 3, "size": "tiny", "recipe_version": RECIPES["tiny"].version}))
     cfg = load_config(ROOT / "configs" / "toy.yaml", [f"world.dir={world}", "world.seed=3", "world.size=tiny"])
     filled = with_world_paths(cfg)
     assert filled.engine.model == str(world / "models" / "L-warm")
@@ -168,6 +168,40 @@ def test_world_paths_fill_from_a_built_world(tmp_path):
                                         [f"world.dir={world}", "world.seed=3", "world.size=tiny",
                                          "engine.model=elsewhere"]))
     assert kept.engine.model == "elsewhere"
+
+
+def test_a_world_of_an_older_recipe_is_rebuilt_and_one_of_the_current_recipe_reused(tmp_path, monkeypatch):
+    """The cache key is the seed, size and threads plus the size's recipe version: a tiny world built
+    before its bases were finished on the demonstration steps (no ``recipe_version``: 1) is rebuilt,
+    and replaced only once the new one is complete; a default world of version 1 is kept."""
+    from toyworld import world as w
+
+    builds = []
+
+    def fake_build(root, seed, size, recipe, threads, progress):
+        builds.append((size, recipe.version))
+        (root / "models").mkdir()
+        record = {"seed": seed, "threads": threads, "size": size, "recipe_version": recipe.version}
+        (root / "world.json").write_text(json.dumps(record))
+        return record
+
+    monkeypatch.setattr(w, "_build", fake_build)
+    stale = tmp_path / "tiny-0"
+    (stale / "models" / "L-base").mkdir(parents=True)
+    (stale / "world.json").write_text(json.dumps({"seed": 0, "size": "tiny", "threads": 1}))
+    record = build_world(stale, 0, "tiny", progress=False)
+    assert builds == [("tiny", RECIPES["tiny"].version)] and RECIPES["tiny"].version > 1
+    assert json.loads((stale / "world.json").read_text()) == record and not (stale / "models" / "L-base").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-0"]  # nothing left beside it
+    assert build_world(stale, 0, "tiny", progress=False) == record and len(builds) == 1
+    with pytest.raises(ValueError, match="seed 0"):
+        build_world(stale, 1, "tiny")
+
+    default = tmp_path / "toy-0"
+    default.mkdir()
+    kept = {"seed": 0, "size": "default", "threads": 1}
+    (default / "world.json").write_text(json.dumps(kept))
+    assert RECIPES["default"].version == 1 and build_world(default, 0, progress=False) == kept and len(builds) == 1
 
 
 def test_eval_of_a_world_uses_the_step_settings_its_bases_learned(tmp_path):

@@ -2,7 +2,8 @@
 
 Every size learns the same data from scratch with ``learner.trainer.train``: first
 the copy drill (``toyworld.drill``), then the auxiliary worlds' passages and the
-demonstrator's per-step examples, as the recipe shapes them (``toyworld.world``).
+demonstrator's per-step examples, as the recipe shapes them (``toyworld.world``), and
+last, where the recipe asks for it, a finishing run on the demonstration steps alone.
 Sizes train at once, one spawned process each with one torch thread (a small CPU
 would otherwise be oversubscribed); the parent
 shows one progress bar per size, fed by the trainer's own loss log lines through a
@@ -74,10 +75,12 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
                init_seed: int, q, niceness: int = 0, drill: TrainConfig | None = None,
                drill_mix: float = 0.0, find_share: float = 0.0, probes: dict | None = None,
                check_every: int = 0, gate: SkillGate | None = None, extend: TrainConfig | None = None,
-               max_extensions: int = 0) -> None:
+               max_extensions: int = 0, finish: TrainConfig | None = None,
+               finish_examples: Sequence[SFTExample] = ()) -> None:
     """Child process: init a ``size`` Llama, drill it (``toyworld.drill``), train it on ``examples``
     measuring its skills on the ``probes`` as it goes, train on (``extend``, at most ``max_extensions``
-    times) while they are below its ``gate``, save it."""
+    times) while they are below its ``gate``, finish it on ``finish_examples`` (``finish``; not a base
+    below its gate, which fails the build anyway), save it."""
     try:
         if niceness and hasattr(os, "nice"):
             os.nice(niceness)
@@ -121,6 +124,9 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
             done += runs[-1].steps
             runs.append(train(model, tokenizer, examples, replace(extend, seed=extend.seed + len(runs)),
                               out_dir=out_dir, progress=False, check=check, check_every=check_every))
+        finished = None
+        if finish is not None and not (probes and gate is not None and gate.missing(skills[-1])):
+            finished = train(model, tokenizer, list(finish_examples), finish, out_dir=out_dir, progress=False)
         q.put(("done", size, {
             "size": size,
             "params": count_params(out_dir),
@@ -141,6 +147,10 @@ def _train_one(size: str, tokenizer_dir: str, examples: list, cfg: TrainConfig, 
             "drill": None if drilled is None else dict(zip(
                 ("steps", "seconds", "first_loss", "final_loss"),
                 (drilled.steps, round(drilled.seconds, 1), *_loss_ends(drilled.losses, drill.log_every)),
+                strict=True)),
+            "finish": None if finished is None else dict(zip(
+                ("steps", "seconds", "first_loss", "final_loss"),
+                (finished.steps, round(finished.seconds, 1), *_loss_ends(finished.losses, finish.log_every)),
                 strict=True)),
         }))
     except BaseException as e:  # report, then let the process fail
@@ -163,6 +173,8 @@ def train_bases(
     extend: dict[str, TrainConfig] | None = None,
     max_extensions: int = 0,
     check_every: int = 0,
+    finish: dict[str, TrainConfig] | None = None,
+    finish_examples: Sequence[SFTExample] = (),
     progress: bool = True,
     timeout_s: float = 3600.0,
 ) -> dict[str, dict]:
@@ -174,7 +186,8 @@ def train_bases(
     (``toyworld.skills``) and recorded; a gated size below its gate (``gates``) after its
     steps trains on with ``extend[size]`` (a short low-lr run, ending once the gate is met), at
     most ``max_extensions`` times; a size that still ends below its gate fails the build with a ``SkillGateError`` naming the model, the skill and the
-    measured accuracy. Writes ``<models_dir>/<size>-base`` for each size; returns size -> training summary. The largest size (``modelzoo.body_params``) keeps
+    measured accuracy. A size in ``finish`` ends with that run on ``finish_examples`` (completion-only
+    steps). Writes ``<models_dir>/<size>-base`` for each size; returns size -> training summary. The largest size (``modelzoo.body_params``) keeps
     normal priority, the others are niced. A failing process is a RuntimeError naming its
     size (the others are stopped).
     """
@@ -192,7 +205,8 @@ def train_bases(
             args=(size, str(tokenizer_dir), list(examples), cfg, str(models / f"{size}-base"), init_seed, q,
                   0 if size == largest else SMALL_NICENESS, (drills or {}).get(size), drill_mix,
                   (find_share or {}).get(size, 0.0),
-                  probes, check_every, (gates or {}).get(size), (extend or {}).get(size), max_extensions),
+                  probes, check_every, (gates or {}).get(size), (extend or {}).get(size), max_extensions,
+                  (finish or {}).get(size), list(finish_examples) if size in (finish or {}) else []),
             name=f"train-{size}",
         )
         for size, cfg in configs.items()

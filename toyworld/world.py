@@ -13,15 +13,17 @@ in ``<world>/world.json``:
 5. probes: the skill probes, from a world no base trains on (``toyworld.skills``);
 6. train: XS, S and L bases trained in parallel (``toyworld.base_models``): a drill
    (``toyworld.drill``), then the texts with drill examples mixed in, their skills
-   measured as they train and gated at the end (``<world>/models/{XS,S,L}-base``;
-   ``L-warm`` links to ``L-base``);
+   measured as they train and gated at the end, then (tiny) a finishing run on the
+   demonstration steps alone (``<world>/models/{XS,S,L}-base``; ``L-warm`` links to ``L-base``);
 7. eval: every base acting in the target world on toy-test with search, L-warm closed
    book (no search) and on toy-dev, greedy.
 
 Nothing from the target world's questions is trained on; its corpus only shapes the
 tokenizer. The world is built in a temporary sibling directory and renamed into place
 at the end, so a crash never leaves a half world; ``world.json`` is the completion
-mark, and a later call with the same seed, size and threads returns it without rebuilding.
+mark, and a later call with the same seed, size and threads returns it without rebuilding,
+unless the size's recipe has changed since (``Recipe.version``, recorded as
+``recipe_version``): that world is rebuilt and replaced once the new one is complete.
 
 ``world_paths(cfg)`` is the one place a config's world-dependent paths are
 filled in (engine.model -> L-warm, search.corpus -> the world's corpus).
@@ -91,6 +93,13 @@ class Recipe:
     #: a short low-lr run that ends once the gate is met (the build's budget is ``max_extensions`` of them)
     extend: dict[str, TrainConfig] = field(default_factory=dict)
     max_extensions: int = 0
+    #: per size, a last run on the demonstration steps alone, completion-only and not renamed (the
+    #: prompts the agent will show it): a base trained for seconds emits a parseable step only after
+    #: it (the tiny recipe); sizes absent here end with their main run
+    finish: dict[str, TrainConfig] = field(default_factory=dict)
+    #: bump when the preset's recipe changes what it builds: a cached world of another version
+    #: (``world.json`` ``recipe_version``; absent = 1) is rebuilt instead of reused
+    version: int = 1
     #: steps between two skill measurements (recorded in world.json; the gate is checked after the last)
     check_every: int = 250
     #: demonstrations trained as plain language modelling (every token a target), not completion-only
@@ -111,6 +120,13 @@ def _train(steps: int, lr: float, batch_size: int = 16, **kw) -> TrainConfig:
     return TrainConfig(max_steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 25),
                        max_len=320, log_every=10, precision="fp32", **kw)
 
+
+#: the tiny bases' finishing run on the demonstration steps (the tiny world's 1,121 steps, batches of 16).
+#: Measured on world seed 0: after 150 steps L-warm's first decision was ``Keep()`` and a smoke ReST
+#: generation stored no record; after 300 it searched (its queries rarely copy the question's names:
+#: 40 steps of texts teach no copying) and stored 17. S and XS, which learn it faster, and whose
+#: parseable steps only make the smoke run's distillation and evals mean something, get 150.
+FINISH_TINY = {"L": _train(300, 3e-3), "S": _train(150, 3e-3), "XS": _train(150, 3e-3)}
 
 #: the default's alternatives and their measured skills and warm starts: docs/world-build.md.
 #: XS is S with half its FFN and trains as S does.
@@ -137,7 +153,11 @@ RECIPES: dict[str, Recipe] = {
         train={s: _train(40, 3e-3, batch_size=32) for s in SIZES},
         drills={s: _train(10, 1e-3) for s in SIZES},
         drill_mix=0.1,
+        # 40 steps teach a tiny base the texts but not the step grammar: without this its rollouts
+        # almost never parse and a ReST generation stores nothing (issue 22)
+        finish=FINISH_TINY,
         eval_limit=10,
+        version=2,  # 2: the finishing run on the demonstration steps
     ),
 }
 
@@ -157,33 +177,54 @@ def build_world(out_dir: str | os.PathLike, seed: int, size: str = "default", *,
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     out = Path(out_dir)
+    recipe = RECIPES[size]
     cached = read_world(out)
     if cached is not None:
         have = (cached.get("seed"), cached.get("size"), cached.get("threads", 1))
         if have != (seed, size, threads):
             raise ValueError(f"{out} holds a world of seed {have[0]} size {have[1]!r} threads {have[2]}, "
                              f"not seed {seed} size {size!r} threads {threads}: choose another directory")
-        return cached
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        built_by = cached.get("recipe_version", 1)
+        if built_by == recipe.version:
+            return cached
+        if progress:
+            print(f"[world] {out} was built by version {built_by} of the {size!r} recipe, not {recipe.version}: "
+                  "rebuilding it", flush=True)
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not a built toy world (no {WORLD_JSON}): refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        recipe = RECIPES[size]
-        recipe = dataclasses.replace(recipe, train={k: dataclasses.replace(c, num_threads=threads)
-                                                    for k, c in recipe.train.items()},
-                                     drills={k: dataclasses.replace(c, num_threads=threads)
-                                             for k, c in recipe.drills.items()},
-                                     extend={k: dataclasses.replace(c, num_threads=threads)
-                                             for k, c in recipe.extend.items()})
+        recipe = dataclasses.replace(recipe, **{part: {k: dataclasses.replace(c, num_threads=threads)
+                                                       for k, c in getattr(recipe, part).items()}
+                                                for part in ("train", "drills", "extend", "finish")})
         record = _build(tmp, seed, size, recipe, threads, progress)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
+        _move_into_place(tmp, out, stale=cached is not None)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return record
+
+
+def _move_into_place(built: Path, out: Path, stale: bool) -> None:
+    """Rename the complete world ``built`` to ``out``. An empty ``out`` goes first; a ``stale`` world is
+    moved aside, then deleted once ``built`` is in its place (put back if that rename fails), so ``out``
+    is never half a world, only absent for the moment between the two renames."""
+    if not stale:
+        if out.exists():
+            out.rmdir()  # empty, checked by the caller
+        os.replace(built, out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.stale-", dir=out.parent))
+    try:
+        os.replace(out, aside / out.name)
+        try:
+            os.replace(built, out)
+        except BaseException:
+            os.replace(aside / out.name, out)
+            raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 #: the step settings a world's base models learned (world.json "agent"); an eval without a config uses them
@@ -242,6 +283,8 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, threads: int, progr
                               drills=recipe.drills, drill_mix=recipe.drill_mix, find_share=recipe.find_share,
                               probes=probes, gates=recipe.gates, extend=recipe.extend,
                               max_extensions=recipe.max_extensions, check_every=recipe.check_every,
+                              finish=recipe.finish,
+                              finish_examples=[ex for d in demos.values() for ex in d.examples()],
                               progress=progress)
         warm = link_warm(root / "models") if "L" in trained else None
     with phase("eval"):
@@ -252,6 +295,7 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, threads: int, progr
         "seed": seed,
         "threads": threads,
         "size": size,
+        "recipe_version": recipe.version,
         "world_size": dataclasses.asdict(recipe.world),
         "aux_seeds": [a["seed"] for a in manifest["aux"]],
         "questions": manifest["questions"],
@@ -273,7 +317,8 @@ def _build(root: Path, seed: int, size: str, recipe: Recipe, threads: int, progr
                           "gates": {k: dataclasses.asdict(g) for k, g in recipe.gates.items()},
                           "extend": {k: dataclasses.asdict(c) for k, c in recipe.extend.items()},
                           "max_extensions": recipe.max_extensions,
-                          "check_every": recipe.check_every},
+                          "check_every": recipe.check_every,
+                          "finish": {s: dataclasses.asdict(c) for s, c in recipe.finish.items()}},
         "tokenizer": {"vocab_size": recipe.vocab_size},
         "models": {s: {**trained[s], "dir": f"models/{s}-base"} for s in trained},
         "warm": {"dir": "models/L-warm", "source": "models/L-base", "how": warm} if warm else None,

@@ -1,4 +1,4 @@
-"""Fixtures shared by the slow suites that run the ReST driver on the smoke policy.
+"""Fixtures shared by the slow suites that run the ReST driver on the tiny world's L-warm.
 
 A module that needs a differently configured cluster defines its own ``cluster``
 fixture, which takes precedence over this one.
@@ -16,15 +16,15 @@ import ray
 from rest.cluster import ACTOR_ENV
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rest_fixtures import smoke_policy  # noqa: E402
+from rest_fixtures import warm_policy  # noqa: E402
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 @pytest.fixture(scope="module")
 def policy() -> Path:
-    """The tiny smoke policy (built once, cached)."""
-    return smoke_policy()
+    """The tiny world's L-warm, the smoke config's policy (the world built once, cached)."""
+    return warm_policy()
 
 
 @pytest.fixture(scope="module")

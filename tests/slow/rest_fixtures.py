@@ -1,15 +1,14 @@
-"""Shared set-up of the ReST slow tests: the tiny toy world and a policy that emits parseable steps.
+"""Shared set-up of the ReST slow tests: the tiny toy world, and ``--set`` overrides of the smoke config.
 
-The tiny world's bases are trained for seconds and almost never produce a parseable
-step, so a ReST generation over them stores no examples. ``smoke_policy`` trains the
-tiny world's L-base a little further on the world's own demonstration steps (about a
-minute, once, cached next to the world) so rollouts yield real training records. It
-is written atomically, so concurrent or interrupted test sessions never see half a model.
+``configs/smoke_rest.yaml`` runs on the tiny world's own L-warm, as the README shows it:
+the tiny recipe ends each base with a finishing run on the world's demonstration steps
+(``toyworld.world.FINISH_TINY``), so its rollouts parse and a ReST generation stores
+real training records. The world is built on first use (a few minutes, once, cached
+under ``.cache/worlds/tiny-0``; a world of an older recipe is rebuilt).
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import random
@@ -18,7 +17,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLD = ROOT / ".cache" / "worlds" / "tiny-0"
-POLICY = ROOT / ".cache" / "worlds" / "tiny-0-smoke-policy"
 SMOKE = ROOT / "configs" / "smoke_rest.yaml"
 #: name words of the learner tests' step examples
 NAMES = "Ada Bela Cyro Dara Emil Fenna Gus Hale Ivo Juna Kato Lise Milo Nora Otto Pia".split()
@@ -53,35 +51,14 @@ def ensure_world() -> Path:
     return build(load_config(SMOKE).world)
 
 
-def smoke_policy(steps: int = 150) -> Path:
-    """The tiny world's L-base fine-tuned on its demonstration steps (cached)."""
-    if (POLICY / "config.json").is_file():
-        return POLICY
-    import torch
-
-    from agent.trajectory import Trajectory
-    from learner.selection import to_example
-    from learner.trainer import TrainConfig, train
-    from rest.batch import step_records
-
-    torch.set_num_threads(1)
-    world = ensure_world()
-    examples = []
-    for path in sorted((world / "demos").glob("aux*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                traj = Trajectory.from_dict(json.loads(line)["trajectory"])
-                examples += [to_example(r) for r in step_records(1, traj)]
-    cfg = TrainConfig(max_steps=steps, lr=3e-3, batch_size=16, warmup_steps=10, max_len=320, seed=0)
-    train(str(world / "models" / "L-base"), None, examples, cfg, out_dir=str(POLICY), progress=False)
-    return POLICY
+def warm_policy() -> Path:
+    """The tiny world's L-warm, the smoke config's policy (the world built first if need be)."""
+    return ensure_world() / "models" / "L-warm"
 
 
-def smoke_overrides(policy: Path, **extra: object) -> list[str]:
-    """``--set`` overrides for the smoke ReST config with ``policy`` as L."""
-    sets = [f"models.policy={policy}"]
-    sets += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in extra.items()]
-    return sets
+def overrides(**sets: object) -> list[str]:
+    """``--set`` overrides ``KEY=VALUE`` for the smoke config (a value that is not a string as JSON)."""
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sets.items()]
 
 
 def free_port() -> int:

@@ -49,7 +49,7 @@ from rest.loop import ReSTLoop
 from rest.runs import open_run
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rest_fixtures import ROOT, SMOKE, WORLD, env, free_port, smoke_overrides  # noqa: E402
+from rest_fixtures import ROOT, SMOKE, WORLD, env, free_port, overrides  # noqa: E402
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -59,14 +59,14 @@ FAULT_SETS = {"models.students": {"S": str(WORLD / "models" / "S-base")}, "eval.
 ALL_PHASES = [(0, "eval"), (0, "report")] + [(1, p) for p in PHASES]
 
 
-def _overrides(policy: Path) -> list[str]:
-    return smoke_overrides(policy, **FAULT_SETS)
+def _overrides() -> list[str]:
+    return overrides(**FAULT_SETS)
 
 
 @pytest.fixture(scope="module")
-def reference(cluster, runs, policy) -> Path:
+def reference(cluster, runs) -> Path:
     """The uninterrupted run every faulted run must equal."""
-    run, cfg = open_run(runs, "reference", load_config(SMOKE, _overrides(policy)), resume=False)
+    run, cfg = open_run(runs, "reference", load_config(SMOKE, _overrides()), resume=False)
     ReSTLoop(cfg, run, progress=False).run_all()
     return run.root
 
@@ -128,9 +128,8 @@ def wait_for_free_cpus(total: float, timeout_s: float = 60.0) -> float:
 # ------------------------------------------------------------------ sampler and learner rank killed
 
 
-def test_sampler_then_learner_rank_killed_the_run_resumes_to_the_uninterrupted_result(cluster, runs, policy,
-                                                                                       reference):
-    run, cfg = open_run(runs, "ranks", load_config(SMOKE, _overrides(policy)), resume=False)
+def test_sampler_then_learner_rank_killed_the_run_resumes_to_the_uninterrupted_result(cluster, runs, reference):
+    run, cfg = open_run(runs, "ranks", load_config(SMOKE, _overrides()), resume=False)
     loop = ReSTLoop(cfg, run, progress=False)
     killed: dict[str, object] = {}
 
@@ -202,11 +201,11 @@ def _run_until(cmd: list[str], started: str | None, log: list[str], timeout_s: f
         proc.stdout.close()
 
 
-def test_driver_sigkilled_in_every_phase_resumes_to_the_uninterrupted_result(cluster, runs, policy, reference):
+def test_driver_sigkilled_in_every_phase_resumes_to_the_uninterrupted_result(cluster, runs, reference):
     name = "killed-everywhere"
     root = runs / name
     ref_seconds = {k: v["seconds"] for k, v in RunState.load(reference / "state.json").done.items()}
-    start = ["--config", str(SMOKE), *sum((["--set", s] for s in _overrides(policy)), []), "--name", name]
+    start = ["--config", str(SMOKE), *sum((["--set", s] for s in _overrides()), []), "--name", name]
     log: list[str] = []
     landed: dict[str, str] = {}
     for gen, phase in ALL_PHASES:
@@ -363,10 +362,10 @@ def test_disk_full_at_the_checkpoint_is_one_line_and_leaves_nothing_half_written
         assert not (fs / "full" / "checkpoints" / "L-gen1").exists() and leftovers(fs / "full") == []
 
 
-def test_a_full_disk_or_read_only_run_dir_fails_before_any_work(tmp_path, policy, reference, capsys):
+def test_a_full_disk_or_read_only_run_dir_fails_before_any_work(tmp_path, reference, capsys):
     from rest.cli import main
 
-    new_run = ["run", "--config", str(SMOKE), *sum((["--set", s] for s in _overrides(policy)), []),
+    new_run = ["run", "--config", str(SMOKE), *sum((["--set", s] for s in _overrides()), []),
                "--name", "new", "--no-progress"]
     fs = tmp_path / "fs"
     with tmpfs(fs, "1m"):
@@ -400,8 +399,8 @@ import json, os, resource, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from core.io import write_atomic
-from rest.batch import GrowingBatch
 from core.state import RunState
+from rest.batch import GrowingBatch
 root = Path(sys.argv[1])
 state = RunState(root / "state.json"); state.mark(0, "eval", {"seconds": 1.0})
 write_atomic(root / "report.json", "{}\n")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rest_fixtures import ROOT, SMOKE, WORLD, env, free_port, smoke_overrides, smoke_policy  # noqa: E402
+from rest_fixtures import ROOT, SMOKE, WORLD, ensure_world, env, free_port, overrides  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def _ours(temp_dir: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def head():
-    smoke_policy()  # built before the cluster, outside the job's time limit
+    ensure_world()  # built before the cluster, outside the job's time limit
     temp_dir = tempfile.mkdtemp(prefix="rrjob", dir="/tmp")  # short: Ray's socket paths are length-limited
     ports = {name: free_port() for name in ("gcs", "dashboard", "metrics", "client", "agent_http", "agent_grpc",
                                             "runtime_env", "node_manager", "object_manager")}
@@ -111,7 +111,7 @@ def _wait_for(probe, timeout_s: float, what: str):
 
 def test_job_submit_runs_rest_and_exports_metrics(head, tmp_path):
     runs = tmp_path / "runs"
-    sets = smoke_overrides(smoke_policy(), **{"world.dir": str(WORLD), "search.cache_dir": str(ROOT / ".cache/bm25")})
+    sets = overrides(**{"world.dir": str(WORLD), "search.cache_dir": str(ROOT / ".cache/bm25")})
     entrypoint = [sys.executable, "-m", "rest", "run", "--config", str(SMOKE.relative_to(ROOT)),
                   *sum((["--set", s] for s in sets), []), "--name", "job", "--runs-dir", str(runs),
                   "--address", "auto", "--no-progress"]
@@ -147,7 +147,7 @@ def test_job_submit_runs_rest_and_exports_metrics(head, tmp_path):
 
 def test_a_run_too_big_for_the_cluster_is_refused_at_once_not_left_waiting(head, tmp_path):
     """The head declares 2 CPUs; samplers of 1 CPU each make the run need 4.7 at once: one line, exit 2."""
-    sets = smoke_overrides(smoke_policy(), **{"world.dir": str(WORLD), "rest.sampler_num_cpus": 1.0})
+    sets = overrides(**{"world.dir": str(WORLD), "rest.sampler_num_cpus": 1.0})
     cmd = [sys.executable, "-m", "rest", "run", "--config", str(SMOKE), *sum((["--set", s] for s in sets), []),
            "--name", "too-big", "--runs-dir", str(tmp_path / "runs"), "--address", head["gcs"], "--no-progress"]
     out = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)

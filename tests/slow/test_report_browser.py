@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rest_fixtures import ROOT, SMOKE, env, smoke_overrides, smoke_policy  # noqa: E402
+from rest_fixtures import ROOT, SMOKE, ensure_world, env  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -74,8 +74,8 @@ class Dom(HTMLParser):
 def run_dir(tmp_path_factory) -> Path:
     """A finished one-generation smoke run, made by the CLI as a user makes it."""
     runs = tmp_path_factory.mktemp("runs")
-    sets = sum((["--set", s] for s in smoke_overrides(smoke_policy())), [])
-    proc = subprocess.run([sys.executable, "-m", "rest", "run", "--config", str(SMOKE), *sets, "--name", "browser",
+    ensure_world()
+    proc = subprocess.run([sys.executable, "-m", "rest", "run", "--config", str(SMOKE), "--name", "browser",
                            "--runs-dir", str(runs), "--no-progress"], cwd=ROOT, env=env(), capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

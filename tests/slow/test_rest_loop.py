@@ -29,7 +29,7 @@ from rest.loop import ReSTLoop
 from rest.runs import open_run
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rest_fixtures import ROOT, SMOKE, env, smoke_overrides  # noqa: E402
+from rest_fixtures import ROOT, SMOKE, env, overrides  # noqa: E402
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # token auth breaks local clusters (ENVIRONMENT.md)
@@ -37,8 +37,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # token auth breaks local cl
 MODELS = ("L", "S", "XS")
 
 
-def _run_in_process(runs: Path, name: str, policy: Path, on_loop=None, **sets):
-    cfg = load_config(SMOKE, smoke_overrides(policy, **sets))
+def _run_in_process(runs: Path, name: str, on_loop=None, **sets):
+    cfg = load_config(SMOKE, overrides(**sets))
     run, cfg = open_run(runs, name, cfg, resume=False)
     loop = ReSTLoop(cfg, run, progress=False)
     if on_loop is not None:
@@ -68,8 +68,8 @@ def _check_complete(run, report: dict, models=MODELS) -> None:
     assert records and all(r["policy_version"] == 0 and r["parse_ok"][r["chosen"]] for r in records)
 
 
-def test_smoke_run_end_to_end_object_store(cluster, runs, policy):
-    run, report = _run_in_process(runs, "plain", policy)
+def test_smoke_run_end_to_end_object_store(cluster, runs):
+    run, report = _run_in_process(runs, "plain")
     _check_complete(run, report)
     state = RunState.load(run.state)
     assert state.done["1/broadcast"]["transport"] == "object_store"
@@ -79,7 +79,7 @@ def test_smoke_run_end_to_end_object_store(cluster, runs, policy):
     assert fit["examples"] + fit["repeats_dropped"] == len(batch.all())
 
 
-def test_collective_transport_and_a_sampler_killed_mid_rollout(cluster, runs, policy):
+def test_collective_transport_and_a_sampler_killed_mid_rollout(cluster, runs):
     killed: list[int] = []
 
     def killer(loop: ReSTLoop) -> None:
@@ -97,7 +97,7 @@ def test_collective_transport_and_a_sampler_killed_mid_rollout(cluster, runs, po
     def start(loop):
         threading.Thread(target=killer, args=(loop,), daemon=True).start()
 
-    run, report = _run_in_process(runs, "killed", policy, on_loop=start, **{
+    run, report = _run_in_process(runs, "killed", on_loop=start, **{
         "learner.transport": "collective", "rest.questions_per_task": 1,
         "models.students": {"S": str(ROOT / ".cache/worlds/tiny-0/models/S-base")}})
     assert killed, "the killer thread never saw a busy sampler"
@@ -111,9 +111,9 @@ def _cli(runs: Path, gcs: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "rest", "run", "--runs-dir", str(runs), "--address", gcs, "--no-progress", *args]
 
 
-def test_driver_killed_after_rank_resumes_to_the_same_batch(cluster, runs, policy):
+def test_driver_killed_after_rank_resumes_to_the_same_batch(cluster, runs):
     name = "resumed"
-    args = ["--config", str(SMOKE), *sum((["--set", s] for s in smoke_overrides(policy)), []), "--name", name]
+    args = ["--config", str(SMOKE), "--name", name]  # the config as the README runs it
     log = open(runs / f"{name}.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(_cli(runs, cluster, *args), cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
     state_path = runs / name / "state.json"
@@ -155,7 +155,7 @@ def test_a_stale_sampler_refuses_work_and_a_broadcast_changes_its_outputs(cluste
     from learner.group import LearnerGroup
     from learner.selection import to_example
 
-    cfg = load_config(SMOKE, smoke_overrides(policy))
+    cfg = load_config(SMOKE)
     questions = [Question("q1", "Where was the person who wrote The Sleeping Moon born?"),
                  Question("q2", "Who founded the company that published The Narrow House?")]
     sampler = SamplerActor.options(num_cpus=0.25).remote(cfg, questions, None, 0, str(policy))

@@ -1,6 +1,6 @@
 """Rollout profiling on a real local Ray cluster: the pool's breakdown, and the driver's record of it.
 
-Real ``SamplerActor`` replicas (the tiny world's smoke policy, one torch thread each)
+Real ``SamplerActor`` replicas (the tiny world's L-warm, one torch thread each)
 searching through a real ``SearchActor``: 1 and 2 replicas roll out the same tasks to
 the same trajectories, and each map's profile accounts for every replica-second. Then
 the driver's rollout phase writes its ``rollout_breakdown`` to metrics.jsonl and
@@ -25,7 +25,7 @@ from rest.runs import open_run
 from rest.workers import SamplerPool, make_tasks
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rest_fixtures import SMOKE, smoke_overrides, smoke_policy  # noqa: E402
+from rest_fixtures import SMOKE, overrides  # noqa: E402
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -34,10 +34,10 @@ PARTS = ("engine_s", "search_s", "rank_s", "runner_other_s", "call_overhead_s", 
 
 
 @pytest.fixture(scope="module")
-def cfg():
-    from toyworld.world import with_world_paths
+def cfg(policy):  # policy: the tiny world is built first
+    from rest.runs import resolve_config
 
-    return with_world_paths(load_config(SMOKE, smoke_overrides(smoke_policy(), **{"agent.k_samples": 2})))
+    return resolve_config(load_config(SMOKE, overrides(**{"agent.k_samples": 2})))
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_one_and_two_replicas_do_the_same_work_and_account_for_their_time(cfg, c
 
 
 def test_the_rollout_phase_records_its_breakdown(cfg, cluster, tmp_path):
-    sets = smoke_overrides(smoke_policy(), **{"rest.eval_datasets": []})  # generation 0 then has nothing to do
+    sets = overrides(**{"rest.eval_datasets": []})  # generation 0 then has nothing to do
     run, rcfg = open_run(tmp_path, "profiled", load_config(SMOKE, sets), False)
     loop = ReSTLoop(rcfg, run, progress=False)
     try:

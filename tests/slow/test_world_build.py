@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from evals.datasets import WORLD_JSON
-from toyworld.world import SIZES, build_world
+from toyworld.world import RECIPES, SIZES, build_world
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +76,17 @@ def test_every_model_dir_loads_in_transformers(world):
     a = AutoModelForCausalLM.from_pretrained(warm, use_safetensors=True).state_dict()
     b = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_every_size_ended_on_the_demonstration_steps(world):
+    """The tiny recipe's finishing run (issue 22): what makes its L-warm's rollouts parse."""
+    _, record = world
+    assert record["recipe_version"] == RECIPES["tiny"].version
+    finish = record["base_training"]["finish"]
+    assert set(finish) == set(SIZES)
+    for size in SIZES:
+        done = record["models"][size]["finish"]
+        assert done["steps"] == finish[size]["max_steps"] and done["final_loss"] < done["first_loss"], (size, done)
 
 
 def test_demonstrations_and_tokenizer_are_saved(world):
