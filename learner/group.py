@@ -23,6 +23,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from core.config import LearnerConfig
+from core.errors import cause_line
 from learner.data import SFTExample
 from learner.deepspeed_rank import LearnerRank
 
@@ -57,20 +58,10 @@ class BroadcastResult:
     bytes: int
 
 
-def _first_line(e: BaseException) -> str:
-    """The most specific one-line message of a (Ray-wrapped) exception."""
-    cause = e.cause if isinstance(e, RayTaskError) and getattr(e, "cause", None) is not None else e
-    text = str(cause).strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if isinstance(cause, RayTaskError) and lines:  # a traceback dump: its last line names the error
-        return lines[-1].strip()
-    return f"{type(cause).__name__}: {lines[0].strip()}" if lines else type(cause).__name__
-
-
 def _describe(name: str, e: BaseException) -> tuple[bool, str]:
     """(whether the actor died, "NAME died|failed: message") for one failed call."""
     died = isinstance(e, RayActorError)
-    return died, f"{name} {'died' if died else 'failed'}: {_first_line(e)}"
+    return died, f"{name} {'died' if died else 'failed'}: {cause_line(e)}"
 
 
 def wait_all(refs: Sequence[ray.ObjectRef], names: Sequence[str], timeout_s: float, what: str) -> list:
@@ -313,7 +304,7 @@ class LearnerGroup:
             try:
                 ray.get(self.ranks[0].leave_weight_group.remote(), timeout=10)
             except (RayActorError, RayTaskError, GetTimeoutError) as e:
-                log.warning("learner: leaving the weight group failed: %s", _first_line(e))
+                log.warning("learner: leaving the weight group failed: %s", cause_line(e))
 
     # ------------------------------------------------------------ teardown
 
