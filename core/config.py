@@ -29,7 +29,8 @@ from core.hub import check_revision
 
 #: the dataset names a config may use; evals.datasets maps each to its file
 TOY_SPLITS = {"toy-train": "train", "toy-dev": "dev", "toy-test": "test"}
-SHIPPED_DATASETS = ("bamboogle", "hotpotqa-dev")
+#: dataset name -> its file in the repo's data/ (evals.datasets reads them)
+SHIPPED_DATASETS = {"bamboogle": "bamboogle.jsonl", "hotpotqa-dev": "hotpotqa_dev_eval.jsonl"}
 KNOWN_DATASETS = (*TOY_SPLITS, *SHIPPED_DATASETS)
 
 

@@ -25,11 +25,7 @@ from core.config import KNOWN_DATASETS, SHIPPED_DATASETS, TOY_SPLITS
 from core.io import parse_object
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = {
-    "bamboogle": REPO / "data" / "bamboogle.jsonl",
-    "hotpotqa-dev": REPO / "data" / "hotpotqa_dev_eval.jsonl",
-}
-assert tuple(SHIPPED) == SHIPPED_DATASETS, "core.config.SHIPPED_DATASETS names the files here"
+SHIPPED = {name: REPO / "data" / file for name, file in SHIPPED_DATASETS.items()}
 #: keys every record has; the others are the record's extra (gold) fields
 CORE_KEYS = ("id", "question", "answers")
 

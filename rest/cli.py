@@ -179,8 +179,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         _world_step(cfg)
     print(connect(args.address, cfg), flush=True)
     try:
-        nodes = check_shared_storage(args.runs_dir)
-        print(f"run storage: {Path(args.runs_dir).resolve()} seen by all {nodes} node(s)", flush=True)
+        if args.address is not None:  # an embedded cluster is this one node: it sees what the driver wrote
+            nodes = check_shared_storage(args.runs_dir)
+            print(f"run storage: {Path(args.runs_dir).resolve()} seen by all {nodes} node(s)", flush=True)
         loop = ReSTLoop(cfg, run, progress=not args.no_progress)
         report = loop.run_all()
     except ConfigError:

@@ -19,7 +19,6 @@ learner's placement group would otherwise wait forever for the missing half CPU)
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import os
@@ -223,9 +222,8 @@ class RunCluster:
     def rankers(self) -> list:
         def make() -> list:
             c = self.cfg.ranker
-            gold = self.gold if c.kind == "oracle" else None
             return [RankerActor.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, name=self._name(f"ranker-{i}"))
-                    .remote(c, gold, revisions=self.cfg.models.revisions) for i in range(c.num_actors)]
+                    .remote(c, self.gold, revisions=self.cfg.models.revisions) for i in range(c.num_actors)]
         return self._group("rankers", make)
 
     @property
@@ -233,9 +231,10 @@ class RunCluster:
         return self._group("learner", lambda: LearnerGroup(self.cfg.learner,
                                                            control_timeout_s=self.cfg.rest.call_timeout_s))
 
-    def eval_pool(self, cfg: Config, questions: Sequence[Question], model: str, label: str) -> SamplerPool:
-        """Short-lived eval samplers holding ``model`` (searching the whole corpus); the caller shuts it down."""
-        size = min(cfg.rest.num_samplers, max(1, -(-len(questions) // cfg.rest.questions_per_task)))
+    def eval_pool(self, cfg: Config, questions: Sequence[Question], model: str, label: str, tasks: int) -> SamplerPool:
+        """Short-lived eval samplers holding ``model`` (searching the whole corpus), no more than ``tasks``
+        of them; the caller shuts it down."""
+        size = min(cfg.rest.num_samplers, tasks)
         return SamplerPool(lambda slot: self._sampler(slot, cfg, list(questions), model, 0, label, rollout=False),
                            size, cfg.rest.call_timeout_s, cfg.rest.max_task_retries, what=f"eval sampler ({label})")
 
@@ -341,10 +340,3 @@ class RunCluster:
         # samplers start in parallel threads: itertools.count hands out numbers atomically
         return f"{self.run.name}.{what}.{next(self._names)}"
 
-
-def eval_config(cfg: Config) -> Config:
-    """``cfg`` as the eval samplers run it: the eval temperature and samples, continuing by perplexity."""
-    out = dataclasses.replace(cfg)
-    out.agent = dataclasses.replace(cfg.agent, temperature=cfg.eval.temperature, k_samples=cfg.eval.k_samples)
-    out.rest = dataclasses.replace(cfg.rest, continue_with="perplexity")
-    return out

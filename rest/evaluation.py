@@ -19,7 +19,7 @@ from agent.trajectory import Question, Trajectory
 from core.config import Config, SearchConfig
 from evals.datasets import Dataset
 from evals.qa import JUDGE_DETERMINISTIC, EvalResult, bm25_info, http_info, score_trajectories
-from rest.cluster import RunCluster, eval_config
+from rest.cluster import RunCluster
 from rest.workers import make_tasks
 
 
@@ -49,12 +49,20 @@ def score(data: Dataset, trajectories: Sequence[dict[str, Any]], cfg: Config, mo
     questions = [q for q in data.questions if q.id in by_question]
     if len(questions) != len(by_question):
         raise ValueError(f"{data.name}: trajectories for questions not in the dataset")
-    agent = dataclasses.replace(cfg.agent, temperature=cfg.eval.temperature, k_samples=cfg.eval.k_samples)
+    agent = eval_config(cfg).agent
     return score_trajectories(
         questions, [by_question[q.id] for q in questions], dataset=data.name, model=model,
         judge=JUDGE_DETERMINISTIC, search=search_info(cfg.search), agent=agent,
         runner_stats=trajectory_counters(trajectories), seconds=seconds, extras=data.extras,
     )
+
+
+def eval_config(cfg: Config) -> Config:
+    """``cfg`` as the eval samplers run it: the eval temperature and samples, continuing by perplexity."""
+    out = dataclasses.replace(cfg)
+    out.agent = dataclasses.replace(cfg.agent, temperature=cfg.eval.temperature, k_samples=cfg.eval.k_samples)
+    out.rest = dataclasses.replace(cfg.rest, continue_with="perplexity")
+    return out
 
 
 def evaluate_model(cluster: RunCluster, cfg: Config, model: str, path: str, datasets: Sequence[Dataset],
@@ -65,7 +73,7 @@ def evaluate_model(cluster: RunCluster, cfg: Config, model: str, path: str, data
     questions = [Question(id=f"{d.name}::{q.id}", question=q.question) for d in datasets for q in d.questions]
     tasks = make_tasks([q.id for q in questions], run_cfg.rest.questions_per_task, lambda i: run_cfg.agent.seed)
     t0 = time.perf_counter()
-    pool = cluster.eval_pool(run_cfg, questions, path, f"eval-{model}")
+    pool = cluster.eval_pool(run_cfg, questions, path, f"eval-{model}", len(tasks))
     try:
         trajectories = pool.map(tasks, 0, 1, on_result=lambda _t, out: on_done(len(out)))
     finally:

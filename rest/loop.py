@@ -74,7 +74,9 @@ class ReSTLoop:
         if cfg.rest.max_train_questions:
             self.train.questions = self.train.questions[: cfg.rest.max_train_questions]
         self._fitted_policy: int | None = None  # generation whose L weights the learner holds
-        gold = {q.id: {"answers": list(q.answers), **self.train.extras.get(q.id, {})} for q in self.train.questions}
+        gold = None  # question records: only the oracle ranker may see them
+        if cfg.ranker.kind == "oracle":
+            gold = {q.id: {"answers": list(q.answers), **self.train.extras.get(q.id, {})} for q in self.train.questions}
         self.cluster = RunCluster(cfg, run, [Question(id=q.id, question=q.question) for q in self.train.questions],
                                   lambda: self.held_out.passages, lambda: self.state.version, gold)
 
