@@ -70,7 +70,7 @@ class Sampler:
                 raise ValueError(
                     "rest.continue_with=ranker cannot use ranker.kind=oracle: samplers never see gold answers"
                 )
-            self.ranker = make_ranker(cfg.ranker, revisions=cfg.models.revisions)
+            self.ranker = make_ranker(cfg.ranker, revisions=cfg.models.revisions, engine_cfg=cfg.engine)
         self.runner = RankedRunner(self.engine, search, cfg.agent, self.ranker)
         self.rollouts = 0
         #: wall and CPU time inside ``rollout`` calls (the runner's time plus turning trajectories into dicts)

@@ -121,6 +121,9 @@ class EvalConfig:
     judge_temperature: float = _f(0.5, "LLM judge: sampling temperature, > 0 so the runs differ.", min=0.0)
     judge_max_new_tokens: int = _f(8, "LLM judge: token cap of a verdict (True or False).", min=1)
     judge_seed: int = _f(0, "LLM judge: sampling seed of its runs.")
+    judge_num_cpus: float = _f(1.0, "LLM judge inside a run: CPUs of its actor (alive during each eval phase).",
+                               min=0.0)
+    judge_num_gpus: float = _f(0.0, "LLM judge inside a run: GPUs of its actor (its engine on GPU).", min=0.0)
 
 
 @dataclass
@@ -155,7 +158,11 @@ class RankerConfig:
     judge_model: str = _f("", "llm-judge: the judge's model directory or hub id.")
     judge_backend: Literal["hf", "vllm"] = _f("hf", "llm-judge: inference engine of the judge.")
     judge_max_new_tokens: int = _f(96, "llm-judge: token cap of the explanation + best + ranking.", min=8)
-    seed: int = _f(0, "Seed of the random ranker and of tie-breaking.")
+    seed: int = _f(0, "Seed of the random ranker, of tie-breaking and of the llm-judge's candidate order.")
+    max_unparsed_rate: float = _f(
+        0.2, "llm-judge: the rank phase fails when more than this share of its verdicts did not parse (or its "
+        "engine failed): such steps would fall back to ties, ranked by perplexity.", min=0.0, max=1.0,
+    )
     min_score: dict[RankerKind, float] = _f(
         {}, "Per ranker kind, the lowest score a step's chosen sample may have to become a training example "
         "(ReST's Improve threshold), e.g. {critic: 2.0}; kinds not named keep every step."

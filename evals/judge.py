@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import prompts
 from actors.engines import make_engine
@@ -80,6 +80,12 @@ class JudgeRuns:
         return {"judge": self.name, "runs": self.runs, "temperature": self.temperature, "mean": mean, "std": std,
                 "accuracy_per_run": per_run, "no_verdict_per_run": self.no_verdict_per_run(),
                 "no_answer": self.no_answer}
+
+
+class Judge(Protocol):
+    """What scores answers: R verdicts per (question, answer or None, golds), as ``JudgeRuns``."""
+
+    def judge(self, items: Sequence[tuple[str, str | None, Sequence[str]]]) -> JudgeRuns: ...
 
 
 class CheckAnswerJudge:

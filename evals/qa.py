@@ -39,7 +39,7 @@ from core.engine import Engine
 from core.io import write_atomic
 from core.scoring import contains, exact_match, token_f1, wilson_ci
 from core.search import SearchBackend
-from evals.judge import CheckAnswerJudge, check_llm_judge
+from evals.judge import CheckAnswerJudge, Judge, check_llm_judge
 
 #: the judge behind every number this module produces
 JUDGE_DETERMINISTIC = "deterministic: normalised exact match"
@@ -89,18 +89,13 @@ class EvalResult:
         return d
 
 
-def check_judge(eval_cfg: EvalConfig, llm_judge_given: bool = False) -> str:
-    """The name of the judge ``eval_cfg`` asks for, if the caller can run it; else ConfigError.
+def check_judge(eval_cfg: EvalConfig) -> str:
+    """The label of the judge ``eval_cfg`` asks for, or a one-line ConfigError.
 
-    The LLM ``Check_Answer`` judge needs its own engine: ``rest-react eval`` builds one
-    (``llm_judge_given``); the ReST driver's evaluation does not, and refuses it.
+    The LLM ``Check_Answer`` judge needs its own engine: ``rest-react eval`` builds one in
+    its process, the ReST driver on an actor of its own during each eval phase.
     """
     if eval_cfg.judge == "llm":
-        if not llm_judge_given:
-            raise ConfigError(
-                "eval.judge: the LLM Check_Answer judge needs a judge engine, which the ReST driver "
-                "does not hold; use eval.judge=deterministic and `rest-react eval --judge-model DIR` on its checkpoints"
-            )
         return check_llm_judge(eval_cfg)
     if eval_cfg.judge != "deterministic":
         raise ConfigError(f"eval.judge: unknown judge {eval_cfg.judge!r} (known: deterministic, llm)")
@@ -177,7 +172,7 @@ def evaluate(
     """
     if (llm_judge is not None) != (eval_cfg.judge == "llm"):
         if llm_judge is None:
-            check_judge(eval_cfg)  # the refusal, worded once
+            raise ConfigError(f"eval.judge=llm: no judge engine was given ({check_judge(eval_cfg)})")
         raise ConfigError(f"eval.judge: an LLM judge was given but eval.judge={eval_cfg.judge}")
     judge = check_judge(eval_cfg) if llm_judge is None else JUDGE_DETERMINISTIC  # the LLM judge relabels it
     questions = list(questions[: eval_cfg.limit] if eval_cfg.limit else questions)
@@ -201,7 +196,7 @@ def evaluate(
     return result
 
 
-def apply_llm_judge(result: EvalResult, judge: CheckAnswerJudge) -> EvalResult:
+def apply_llm_judge(result: EvalResult, judge: Judge) -> EvalResult:
     """``result`` re-scored by the LLM judge: accuracy = mean over its runs; verdicts in every prediction.
 
     Every prediction gains ``judge_verdicts`` (one per run: true, false, or null = no

@@ -81,6 +81,15 @@ def open_run_dir(root: str | Path) -> tuple[RunDir, Config, RunState]:
         raise ReportError(str(e)) from None
 
 
+def llm_judge_fields(score: dict[str, Any]) -> dict[str, Any]:
+    """With the LLM judge: its spread over runs and the exact match beside it (else nothing)."""
+    j = score.get("llm_judge")
+    if not j:
+        return {}
+    return {"exact_match": j["exact_match"], "judge_std": j["std"], "judge_runs": j["runs"],
+            "judge_no_verdict": sum(j["no_verdict_per_run"])}
+
+
 def base_report(run: RunDir, cfg: Config, state: RunState) -> dict[str, Any]:
     """The keys the driver has always written: every finished evaluation and every phase's timing."""
     evals = []
@@ -95,7 +104,7 @@ def base_report(run: RunDir, cfg: Config, state: RunState) -> dict[str, Any]:
                 evals.append({"gen": g, "model": model, "dataset": s["dataset"], "accuracy": s["accuracy"],
                               "n": s["n"], "ci95": s["ci95"], "f1": s["f1"], "contains": s["contains"],
                               "judge": s["judge"], "search": s["search"]["label"], "checkpoint": path,
-                              "seconds": round(s["seconds"], 3)})
+                              "seconds": round(s["seconds"], 3), **llm_judge_fields(s)})
     done = max(gens, default=0)
     generations = {f"gen-{g}": {p: state.done.get(f"{g}/{p}", {}) for p in ("rollout", "rank", "store")}
                    for g in range(1, done + 1)}

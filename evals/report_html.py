@@ -61,11 +61,15 @@ def pct(x: float | None, digits: int = 1) -> str:
     return DASH if x is None else f"{100 * x:.{digits}f}%"
 
 
-def acc_ci(cell: dict[str, Any] | None) -> str:
+def acc_ci(cell: dict[str, Any] | None, exact: bool = True) -> str:
     if not cell:
         return DASH
     lo, hi = cell["ci95"]
-    return f"{100 * cell['accuracy']:.1f} [{100 * lo:.1f}\u2013{100 * hi:.1f}]"
+    text = f"{100 * cell['accuracy']:.1f} [{100 * lo:.1f}\u2013{100 * hi:.1f}]"
+    if "judge_std" in cell:  # the LLM judge's mean over its runs: its spread, and exact match beside it
+        text = f"{100 * cell['accuracy']:.1f} \u00b1 {100 * cell['judge_std']:.1f} [{100 * lo:.1f}\u2013{100 * hi:.1f}]"
+        text += f" (EM {100 * cell['exact_match']:.1f})" if exact else ""
+    return text
 
 
 def img(plots: dict[str, bytes], name: str, alt: str) -> str:
@@ -96,9 +100,11 @@ def table1_section(report: dict[str, Any], plots: dict[str, bytes]) -> str:
 
 
 def evals_section(report: dict[str, Any]) -> str:
-    rows = [[gen_label(e["gen"]), e["model"], e["dataset"], acc_ci(e), f"{e['f1']:.3f}", pct(e["contains"]), e["n"],
-             e["judge"], e["search"], f"{e['seconds']:.1f}"] for e in report["evals"]]
-    heads = ["generation", "model", "dataset", "accuracy [95% CI]", "F1", "contains", "n", "judge", "search", "eval s"]
+    rows = [[gen_label(e["gen"]), e["model"], e["dataset"], acc_ci(e, exact=False), pct(e.get("exact_match", e["accuracy"])),
+             f"{e['f1']:.3f}", pct(e["contains"]), e["n"], e["judge"], e["search"], f"{e['seconds']:.1f}"]
+            for e in report["evals"]]
+    heads = ["generation", "model", "dataset", "accuracy [95% CI]", "exact match", "F1", "contains", "n", "judge",
+             "search", "eval s"]
     return f'<section id="evals"><h2>Every evaluation</h2>{table(heads, rows)}</section>'
 
 
@@ -115,7 +121,7 @@ def ranker_section(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     parts = [f'<section id="ranker"><h2>Ranker</h2><p class="note">ranker: {esc(s["ranker"])}; the rollout keeps '
              f'the {esc("lowest-perplexity parseable" if s["continue_with"] == "perplexity" else "ranker-chosen")} '
              f'sample; K={esc(s["k_samples"])}, T={esc(s["temperature"])}.</p>', table(heads, rows),
-             img(plots, "ranker_scores", "ranker score distributions")]
+             verdicts_table(report), img(plots, "ranker_scores", "ranker score distributions")]
     if report["ablations"]:
         models = sorted({m for a in report["ablations"] for m in a["accuracy"]}, key=lambda m: (len(m), m))
         arows = [[a["run"], a["ranker"], "\u2014" if a["min_score"] is None else a["min_score"],
@@ -127,6 +133,17 @@ def ranker_section(report: dict[str, Any], plots: dict[str, bytes]) -> str:
                  *(f"{m} ({report['ablations'][0]['dataset']})" for m in models), "ranker = kept", "batch records"]
         parts.append(f"<h3>Ablations</h3>{table(heads, arows)}")
     return "".join(parts) + "</section>"
+
+
+def verdicts_table(report: dict[str, Any]) -> str:
+    """Per generation: where the ranker left the pick to perplexity, and the llm-judge's unusable verdicts."""
+    ranks = {g: v.get("rank", {}) for g, v in report.get("generations", {}).items()}
+    rows = [[key_label(g), pct(r.get("tie_rate")), r.get("verdicts_needed", DASH), r.get("verdicts_unparsed", DASH),
+             r.get("verdicts_engine_failed", DASH), pct(r.get("unparsed_rate"))]
+            for g, r in ranks.items() if "tie_rate" in r]
+    heads = ["generation", "ties where samples differ", "judge verdicts needed", "did not parse", "engine failed",
+             "unusable verdicts"]
+    return table(heads, rows) if rows else ""
 
 
 def steps_section(report: dict[str, Any], plots: dict[str, bytes]) -> str:

@@ -58,7 +58,8 @@ def table1(evals: Sequence[dict[str, Any]], dataset: str) -> dict[str, Any]:
     columns = model_order(e["model"] for e in mine)
     rows = []
     for gen in sorted({e["gen"] for e in mine}):
-        cells = {e["model"]: {"accuracy": e["accuracy"], "ci95": e["ci95"], "n": e["n"]}
+        cells = {e["model"]: {"accuracy": e["accuracy"], "ci95": e["ci95"], "n": e["n"],
+                              **{k: e[k] for k in ("judge_std", "exact_match") if k in e}}
                  for e in mine if e["gen"] == gen}
         rows.append({"gen": gen, "label": gen_label(gen), "cells": cells})
     judges = sorted({e["judge"] for e in mine})

@@ -55,6 +55,15 @@ def best_sample(step: Step, scores: Sequence[float], allowed: Sequence[bool] | N
     return min(candidates, key=key) if candidates else None
 
 
+def tied(step: Step, scores: Sequence[float]) -> bool | None:
+    """Whether the ranker left the pick to perplexity: every parseable sample scored the same although
+    two of them differ (None when fewer than two different parseable samples leave nothing to rank)."""
+    ok = [i for i in range(len(step.samples)) if i < len(step.parse_ok) and step.parse_ok[i]]
+    if len({step.samples[i].text for i in ok}) < 2:
+        return None
+    return len({float(scores[i]) for i in ok}) == 1
+
+
 def apply_scores(step: Step, scores: Sequence[float]) -> None:
     """Record a ranker's ``scores`` on ``step`` (floored) and its pick in ``step.ranker_best``."""
     if len(scores) != len(step.samples):

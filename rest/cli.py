@@ -101,7 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.search_url:
         cfg.search = dataclasses.replace(cfg.search, backend="http", url=args.search_url)
 
-    check_judge(cfg.eval, llm_judge_given=True)
+    check_judge(cfg.eval)
     if cfg.eval.judge == "llm":  # a judge missing offline fails now, not after the whole agent run
 
         resolve_model(cfg.eval.judge_model)

@@ -43,6 +43,7 @@ from core.config import Config, ConfigError
 from core.errors import cause_line
 from core.io import write_atomic
 from core.run_dir import RunDir
+from evals.judge import CheckAnswerJudge, JudgeRuns
 from learner.broadcast import weights_checksum
 from learner.deepspeed_rank import unique_state
 from learner.group import LearnerGroup
@@ -57,15 +58,16 @@ ACTOR_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": "disabled", "OM
 
 
 def reserved(cfg: Config, eval_pools: int) -> dict[str, float]:
-    """CPUs and GPUs the run's actors reserve with ``eval_pools`` eval sampler pools alive beside the
-    rollout samplers, the search and ranker actors and the learner ranks."""
-    r, k, lr = cfg.rest, cfg.ranker, cfg.learner
+    """CPUs and GPUs the run's actors reserve with ``eval_pools`` eval sampler pools (and the LLM eval
+    judge, if any) alive beside the rollout samplers, the search and ranker actors and the learner ranks."""
+    r, k, lr, e = cfg.rest, cfg.ranker, cfg.learner, cfg.eval
     pools = 1 + eval_pools
+    judges = 1 if e.judge == "llm" and eval_pools else 0
     return {
         "CPU": pools * r.num_samplers * r.sampler_num_cpus + r.num_search_actors * r.search_num_cpus
-        + k.num_actors * k.num_cpus + lr.world_size * lr.num_cpus_per_rank,
+        + k.num_actors * k.num_cpus + lr.world_size * lr.num_cpus_per_rank + judges * e.judge_num_cpus,
         "GPU": pools * r.num_samplers * r.sampler_num_gpus + k.num_actors * k.num_gpus
-        + lr.world_size * lr.num_gpus_per_rank,
+        + lr.world_size * lr.num_gpus_per_rank + judges * e.judge_num_gpus,
     }
 
 
@@ -160,6 +162,28 @@ def check_shared_storage(runs_root: str | os.PathLike, timeout_s: float = 60.0) 
     return len(nodes)
 
 
+@ray.remote
+class JudgeActor:
+    """The run's ``Check_Answer`` judge (``evals.judge.CheckAnswerJudge``) on its own engine."""
+
+    def __init__(self, cfg: Config):
+        self._judge = CheckAnswerJudge.from_config(cfg)
+
+    def judge(self, items: list[tuple[str, str | None, list[str]]]) -> JudgeRuns:
+        return self._judge.judge(items)
+
+
+class RemoteJudge:
+    """``evals.judge.Judge`` through a ``JudgeActor``: one call per evaluation, within the call timeout."""
+
+    def __init__(self, cluster: RunCluster, actor):
+        self.cluster, self.actor = cluster, actor
+
+    def judge(self, items: Sequence[tuple[str, str | None, Sequence[str]]]) -> JudgeRuns:
+        payload = [(q, a, list(golds)) for q, a, golds in items]
+        return self.cluster.get([self.actor.judge.remote(payload)], "eval judge")[0]
+
+
 def _host_port(address: str) -> bool:
     host, _, port = address.rpartition(":")
     return bool(host) and port.isdigit()
@@ -178,7 +202,7 @@ class RunCluster:
         self.cfg, self.run = cfg, run
         self.questions, self.hidden, self.version, self.gold = list(questions), hidden, version, gold
         self._groups: dict[str, Any] = {}
-        self._locks = {name: threading.Lock() for name in self.GROUPS}
+        self._locks = {name: threading.Lock() for name in (*self.GROUPS, "judge")}
         self._weights: dict[int, tuple[ray.ObjectRef, str]] = {}
         self._weights_lock = threading.Lock()
         self._names = itertools.count(1)
@@ -223,13 +247,31 @@ class RunCluster:
         def make() -> list:
             c = self.cfg.ranker
             return [RankerActor.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, name=self._name(f"ranker-{i}"))
-                    .remote(c, self.gold, revisions=self.cfg.models.revisions) for i in range(c.num_actors)]
+                    .remote(c, self.gold, revisions=self.cfg.models.revisions, engine_cfg=self.cfg.engine)
+                    for i in range(c.num_actors)]
         return self._group("rankers", make)
 
     @property
     def learner(self) -> LearnerGroup:
         return self._group("learner", lambda: LearnerGroup(self.cfg.learner,
                                                            control_timeout_s=self.cfg.rest.call_timeout_s))
+
+    @property
+    def judge(self) -> RemoteJudge:
+        """The LLM Check_Answer judge of ``eval.judge=llm`` (started on first use, stopped by ``stop_judge``)."""
+        def make() -> RemoteJudge:
+            e = self.cfg.eval
+            actor = JudgeActor.options(num_cpus=e.judge_num_cpus, num_gpus=e.judge_num_gpus,
+                                       name=self._name("eval-judge")).remote(self.cfg)
+            return RemoteJudge(self, actor)
+        return self._group("judge", make)
+
+    def stop_judge(self) -> None:
+        """Stop the eval judge, if it started: it holds its engine (and GPU) only during an eval phase."""
+        with self._locks["judge"]:
+            judge = self._groups.pop("judge", None)
+        if judge is not None:
+            ray.kill(judge.actor, no_restart=True)
 
     def eval_pool(self, cfg: Config, questions: Sequence[Question], model: str, label: str, tasks: int) -> SamplerPool:
         """Short-lived eval samplers holding ``model`` (searching the whole corpus), no more than ``tasks``
@@ -271,6 +313,15 @@ class RunCluster:
                 on_chunk(len(chunks[i]))
         return scores
 
+    def ranker_stats(self) -> dict[str, Any]:
+        """The rankers' counters since the last call (one rank phase's), summed; text fields from the last
+        ranker that has them."""
+        out: dict[str, Any] = {}
+        for stats in self.get([r.take_stats.remote() for r in self.rankers], "ranker stats"):
+            for k, v in stats.items():
+                out[k] = out.get(k, 0) + v if isinstance(v, int) else v
+        return out
+
     def load_checkpoint_weights(self, version: int) -> str:
         """Every rollout sampler loads L's gen-``version`` checkpoint; returns the checksum they all verified."""
         ref, checksum = self._checkpoint_weights(version)
@@ -294,6 +345,7 @@ class RunCluster:
 
     def close(self) -> None:
         """Stop every actor of the run (safe to call twice)."""
+        self.stop_judge()
         groups, self._groups = self._groups, {}
         if "samplers" in groups:
             groups["samplers"].shutdown()

@@ -18,7 +18,7 @@ from typing import Any
 from agent.trajectory import Question, Trajectory
 from core.config import Config, SearchConfig
 from evals.datasets import Dataset
-from evals.qa import JUDGE_DETERMINISTIC, EvalResult, bm25_info, http_info, score_trajectories
+from evals.qa import JUDGE_DETERMINISTIC, EvalResult, apply_llm_judge, bm25_info, http_info, score_trajectories
 from rest.cluster import RunCluster
 from rest.workers import make_tasks
 
@@ -68,7 +68,8 @@ def eval_config(cfg: Config) -> Config:
 def evaluate_model(cluster: RunCluster, cfg: Config, model: str, path: str, datasets: Sequence[Dataset],
                    on_done: Callable[[int], None] = lambda n: None) -> list[EvalResult]:
     """``model`` (its checkpoint at ``path``) on ``datasets``: the questions split into tasks across a
-    short-lived pool of eval samplers (greedy, searching the whole corpus), one result per dataset."""
+    short-lived pool of eval samplers (greedy, searching the whole corpus), one result per dataset,
+    scored by exact match and, with ``eval.judge=llm``, re-scored by the run's Check_Answer judge."""
     run_cfg = eval_config(cfg)
     questions = [Question(id=f"{d.name}::{q.id}", question=q.question) for d in datasets for q in d.questions]
     tasks = make_tasks([q.id for q in questions], run_cfg.rest.questions_per_task, lambda i: run_cfg.agent.seed)
@@ -84,5 +85,6 @@ def evaluate_model(cluster: RunCluster, cfg: Config, model: str, path: str, data
         prefix = f"{d.name}::"
         mine = [{**t, "question_id": t["question_id"][len(prefix):]} for t in trajectories
                 if t["question_id"].startswith(prefix)]
-        results.append(score(d, mine, cfg, model, seconds))
+        result = score(d, mine, cfg, model, seconds)
+        results.append(apply_llm_judge(result, cluster.judge) if cfg.eval.judge == "llm" else result)
     return results

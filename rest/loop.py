@@ -33,6 +33,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from actors.rankers.llm_judge import verdict_counters
 from agent.trajectory import Question, Trajectory
 from core.config import Config
 from core.hub import resolve_model
@@ -44,7 +45,7 @@ from evals.datasets import Dataset, read_dataset
 from evals.qa import check_judge, write_result
 from evals.report import write_report
 from evals.targets import warm_start_warning, world_warning
-from learner.selection import apply_scores, clears
+from learner.selection import apply_scores, clears, tied
 from rest.batch import GrowingBatch, step_records
 from rest.cluster import RunCluster
 from rest.evaluation import evaluate_model, trajectory_counters
@@ -189,21 +190,32 @@ class ReSTLoop:
 
     def rank(self, gen: int) -> dict[str, Any]:
         """The rankers score every LLM step; each step keeps its scores and best sample
-        (``learner.selection``), in place in the trajectory file."""
+        (``learner.selection``), in place in the trajectory file. Counted: the steps whose ranker
+        left the pick to perplexity (``tie_rate``) and, for the llm-judge, its verdicts that did not
+        parse, which above ``ranker.max_unparsed_rate`` fail the phase before anything is written."""
         trajectories = read_jsonl(self.run.trajectories(gen))
         with self._bar(len(trajectories), f"gen {gen} rank") as bar:
             scores = self.cluster.rank(trajectories, on_chunk=bar.update)
+        verdicts = {}
+        if self.cfg.ranker.kind == "llm-judge":  # a judge that mostly fails to answer ranks by perplexity: refuse
+            verdicts, error = verdict_counters(self.cluster.ranker_stats(), self.cfg.ranker.max_unparsed_rate)
+            if error:
+                raise RunError(f"gen {gen} rank: {error}")
         ranked = [Trajectory.from_dict(t) for t in trajectories]
+        ties = []
         for traj in ranked:
             for index, step in enumerate(traj.steps):
                 if (traj.id, index) in scores:
+                    ties.append(tied(step, scores[(traj.id, index)]))
                     apply_scores(step, scores[(traj.id, index)])
         steps = [s for t in ranked for s in t.steps if s.samples]
         agreement = sum(s.ranker_best is not None and s.ranker_best == s.chosen for s in steps) / max(len(steps), 1)
         write_jsonl(self.run.trajectories(gen), [t.to_dict() for t in ranked])
         self.metrics.agreement(agreement)
+        rankable = [t for t in ties if t is not None]
         return {"ranker": self.cfg.ranker.kind, "llm_steps": len(steps), "ranker_agreement": round(agreement, 4),
-                "no_parseable": sum(s.ranker_best is None for s in steps)}
+                "no_parseable": sum(s.ranker_best is None for s in steps),
+                "tie_rate": round(sum(rankable) / len(rankable), 4) if rankable else 0.0, **verdicts}
 
     def store(self, gen: int) -> dict[str, Any]:
         """The best sample of every LLM step, appended to the growing batch as generation ``gen``."""
@@ -262,22 +274,29 @@ class ReSTLoop:
         return {"students": out}
 
     def evaluate(self, gen: int) -> dict[str, Any]:
-        """Every model of generation ``gen`` on every eval dataset, on short-lived sampler actors."""
+        """Every model of generation ``gen`` on every eval dataset, on short-lived sampler actors (and,
+        with ``eval.judge=llm``, re-scored by the Check_Answer judge on its own actor)."""
         datasets = self.eval_sets
         todo = {model: [d for d in datasets if not (self.run.eval_dir(gen, model, d.name) / "score.json").is_file()]
                 for model in self.models_at(gen)}
-        with ThreadPoolExecutor(max_workers=self.cluster.eval_concurrency(len(todo))) as threads:
-            futures = [threads.submit(self._evaluate_model, gen, model, self.models_at(gen)[model], sets)
-                       for model, sets in todo.items() if sets]
-            for future in futures:
-                for result in future.result():
-                    write_result(result, self.run.eval_dir(gen, result.model, result.dataset))
+        try:
+            with ThreadPoolExecutor(max_workers=self.cluster.eval_concurrency(len(todo))) as threads:
+                futures = [threads.submit(self._evaluate_model, gen, model, self.models_at(gen)[model], sets)
+                           for model, sets in todo.items() if sets]
+                for future in futures:
+                    for result in future.result():
+                        write_result(result, self.run.eval_dir(gen, result.model, result.dataset))
+        finally:
+            self.cluster.stop_judge()  # the LLM judge's engine is held only while evaluating
         scores: dict[str, float] = {}
+        exact: dict[str, float] = {}  # beside the LLM judge's accuracy
         for model in self.models_at(gen):
             for d in datasets:
                 s = json.loads((self.run.eval_dir(gen, model, d.name) / "score.json").read_text())
                 scores[f"{model}/{d.name}"] = round(s["accuracy"], 4)
-        return {"accuracy": scores}
+                if s.get("llm_judge"):
+                    exact[f"{model}/{d.name}"] = round(s["llm_judge"]["exact_match"], 4)
+        return {"accuracy": scores, **({"exact_match": exact} if exact else {})}
 
     def report(self, gen: int) -> dict[str, Any]:
         """report.json, plots/ and report.html: every finished evaluation (gen 0 = warm start), every

@@ -456,7 +456,7 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
     the run resolves them (``rest.runs.resolve_config``): the policy, the students, the judge; a toy
     world's models are printed as world-dependent paths, read only if that world is already built.
     """
-    check_judge(cfg.eval)  # the driver refuses what it cannot run; so does its plan
+    check_judge(cfg.eval)  # a judge the run cannot build is refused here as by the run
     r, k, lr = cfg.rest, cfg.ranker, cfg.learner
     world = f"{cfg.world.dir}/models" if cfg.world.dir else ""
     policy = cfg.models.policy or cfg.engine.model or (f"{world}/L-warm" if world else "")
@@ -470,9 +470,13 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
         from_world.update(students.values())
     revisions = cfg.models.revisions
     infos = {ref: model_info(ref, revisions.get(ref)) for ref in dict.fromkeys([policy, *students.values()])}
-    judge = judge_engine_config(k) if k.kind == "llm-judge" else None
-    if judge is not None:
-        infos.setdefault(judge.model, model_info(judge.model, revisions.get(judge.model)))
+    judge = judge_engine_config(k, cfg.engine) if k.kind == "llm-judge" else None
+    e = cfg.eval
+    eval_judge = replace(cfg.engine, backend=e.judge_backend, model=e.judge_model, random_init="") \
+        if e.judge == "llm" else None
+    for j in (judge, eval_judge):
+        if j is not None:
+            infos.setdefault(j.model, model_info(j.model, revisions.get(j.model)))
     if cfg.engine.random_init and cfg.engine.model in infos and infos[cfg.engine.model].arch is None:
         infos[cfg.engine.model] = replace(infos[cfg.engine.model], source=f"a random {cfg.engine.random_init!r} "
                                           f"model built on first use (engine.random_init)")
@@ -511,7 +515,14 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
         groups.append(Group("eval", f"eval sampler ({engine.backend}, {name})", r.num_samplers, r.sampler_num_cpus,
                             r.sampler_num_gpus, engine_memory(ref, replace(engine, model=ref), r.sampler_num_gpus),
                             ref))
+    if eval_judge is not None:
+        groups.append(Group("eval", f"{EVAL_JUDGE} ({eval_judge.backend})", 1, e.judge_num_cpus, e.judge_num_gpus,
+                            engine_memory(eval_judge.model, eval_judge, e.judge_num_gpus), eval_judge.model))
     return _check(cfg, cluster, list(infos.values()), groups, gib, cluster_path)
+
+
+#: the name the eval phase's LLM Check_Answer judge goes by (alive beside every eval pool)
+EVAL_JUDGE = "eval judge"
 
 
 def _largest(groups: list[Group]) -> Group:
@@ -533,9 +544,11 @@ def _check(cfg: Config, cluster: ClusterSpec, models: list[ModelInfo], groups: l
                             f"another actor)")
 
     by = {p: [g for g in groups if g.phase == p] for p in ("rollout", "rank", "finetune", "distil", "eval")}
+    judges = [g for g in by["eval"] if g.name.startswith(EVAL_JUDGE)]  # beside every eval pool
+    by["eval"] = [g for g in by["eval"] if g not in judges]
     held = by["rollout"] + by["rank"]
     need = least_resources(cfg)
-    least = held + [_largest(by["finetune"])] + [_largest(by["eval"])]  # one learner fit, one eval pool
+    least = held + [_largest(by["finetune"])] + [_largest(by["eval"])] + judges  # one learner fit, one eval pool
     out.lines.append(f"held at once (every group, one eval pool): {need['CPU']:g} CPUs, {need['GPU']:g} GPUs")
     fit, at_max, pools = None, False, 1
     for at_max in (False, True):
@@ -555,7 +568,7 @@ def _check(cfg: Config, cluster: ClusterSpec, models: list[ModelInfo], groups: l
     evals = sorted(by["eval"], key=lambda g: g.memory.total if g.memory else 0.0, reverse=True)[:pools]
     phases = {  # what holds GPU memory in each phase (the learner only while it fits; engines while alive)
         "rollout": by["rollout"], "rank": held, "finetune": held + by["finetune"],
-        "distil": held + ([_largest(by["distil"])] if by["distil"] else []), "eval": held + evals,
+        "distil": held + ([_largest(by["distil"])] if by["distil"] else []), "eval": held + evals + judges,
     }
     totals = {name: sum(g.count * g.memory.total for g in gs if g.memory) for name, gs in phases.items()}
     if any(totals.values()):

@@ -226,7 +226,17 @@ def test_cli_eval_refusals_are_one_line(tmp_path, capsys):
         assert err.startswith("error: ") and fragment in err and err.count("\n") == 1, err
 
 
-def test_the_rest_driver_refuses_the_llm_judge():
-    cfg = load_config(None, ["eval.judge=llm", "eval.judge_model=/m"])
-    with pytest.raises(ConfigError, match="the ReST driver does not hold"):
-        check_judge(cfg.eval)
+def test_a_run_checks_its_llm_judge_and_reserves_its_actor():
+    """The driver builds the judge on its own actor: its config is checked before any work, and its
+    CPUs and GPUs count in what the run reserves during an eval phase."""
+    from rest.cluster import reserved
+
+    with pytest.raises(ConfigError, match="set eval.judge_model"):
+        check_judge(load_config(None, ["eval.judge=llm"]).eval)
+    plain = load_config(None, [])
+    judged = load_config(None, ["eval.judge=llm", "eval.judge_model=org/judge", "eval.judge_num_cpus=2",
+                                "eval.judge_num_gpus=0.5"])
+    assert check_judge(judged.eval).startswith("llm: Check_Answer 5-shot (judge)")
+    got = {k: reserved(judged, 1)[k] - reserved(plain, 1)[k] for k in ("CPU", "GPU")}
+    assert got == {"CPU": 2.0, "GPU": 0.5}
+    assert reserved(judged, 0) == reserved(plain, 0)  # no eval pool alive: no judge either

@@ -62,7 +62,9 @@ def test_gpu_config_fits_cluster_yaml(capsys):
     assert "18.0 GiB = weights (bfloat16) 14.2" in sampler and "KV cache" in sampler  # 0.4 x 45 GiB
     learner = next(line for line in out.splitlines() if line.startswith("finetune  learner rank (L)"))
     assert "ZeRO-3 over 4 ranks" in learner and "optimizer 21.3" in learner  # 12 bytes x 7.62B / 4 ranks
-    assert "held at once (every group, one eval pool): 36 CPUs, 7 GPUs" in out
+    judge = next(line for line in out.splitlines() if line.startswith("eval      eval judge (vllm)"))
+    assert "   1     2   0.5  18.0 GiB = weights (bfloat16) 14.2" in judge  # the L model as Check_Answer judge
+    assert "held at once (every group, one eval pool): 38 CPUs, 7 GPUs" in out
     assert "peak: " in out and "peak on one GPU: " in out
     assert "fits: " in out and "at min_workers (2 nodes)" in out
     import ray

@@ -15,15 +15,16 @@ import torch
 
 import prompts
 from actors.engines.hf import HFEngine
-from actors.rankers import Critic, LLMJudge, OracleRanker, RandomRanker, make_ranker
+from actors.rankers import Critic, LLMJudge, OracleRanker, RandomRanker, judge_engine_config, make_ranker
 from actors.rankers.actor import TrajectoryRanker
 from actors.rankers.base import StepContext, step_contexts
 from actors.rankers.critic import WEIGHTS, entities, names, weighted
+from actors.rankers.llm_judge import judge_prompt, verdict_counters
 from agent.trajectory import Step, Trajectory
-from core.config import RankerConfig
+from core.config import EngineConfig, RankerConfig
 from core.engine import Sample
 from core.search import Snippet
-from learner.selection import apply_scores, best_sample
+from learner.selection import apply_scores, best_sample, tied
 from toyworld.build import build_world_data, iter_corpus, load_questions
 from toyworld.graph import WorldSize
 from toyworld.modelzoo import ensure_random_model
@@ -315,11 +316,76 @@ def test_llm_judge_scores_by_position_in_the_parsed_ranking():
     engine = ScriptedJudge([prompts.format_ranking("3 names the entity", 2, [2, 0, 1])])
     judge = LLMJudge(engine, max_new_tokens=50)
     step = mk_step("decision", 'Search("a")', 'Search("b")', 'Search("c")')
-    assert judge.score(step, mk_ctx()) == [2.0, 1.0, 3.0]
+    shown = judge.order(step)  # the judge sees the samples in this order
+    expected = [0.0] * 3
+    for position, candidate in enumerate([2, 0, 1]):  # the verdict numbers the candidates as shown
+        expected[shown[candidate]] = float(3 - position)
+    assert judge.score(step, mk_ctx()) == expected
     (call,) = engine.calls
-    assert call["prompts"] == [prompts.ranker_prompt(step.prompt, [s.text for s in step.samples])]
+    assert call["prompts"] == [prompts.ranker_prompt(step.prompt, [step.samples[i].text for i in shown])]
     assert call["n"] == 1 and call["temperature"] == 0.0 and call["stop"] == prompts.RANKER_STOP
     assert judge.stats()["judged"] == 1
+
+
+def test_llm_judge_shuffles_the_candidates_it_shows():
+    """A judge that always prefers the first candidate shown (position bias) must not always pick sample 0."""
+    steps = [mk_step("decision", *(f'Search("{w}{i}")' for w in "abcd")) for i in range(40)]
+    first_wins = prompts.format_ranking("first", 0, [0, 1, 2, 3])
+    judge = LLMJudge(ScriptedJudge([first_wins] * 40), seed=3)
+    picks = [scores.index(4.0) for scores in judge.score_batch([(s, mk_ctx()) for s in steps])]
+    assert set(picks) == {0, 1, 2, 3} and max(picks.count(i) for i in range(4)) < 20
+    orders = [judge.order(s) for s in steps]
+    assert all(sorted(o) == [0, 1, 2, 3] for o in orders)
+    assert orders == [LLMJudge(ScriptedJudge([]), seed=3).order(s) for s in steps]  # deterministic per seed
+    assert orders != [LLMJudge(ScriptedJudge([]), seed=4).order(s) for s in steps]
+
+
+def test_llm_judge_talks_in_the_chat_template_of_its_model(tmp_path):
+    """A judge model with a chat template gets each prompt as a user turn (bos left to the engine);
+    one without gets the raw prompt."""
+    from actors.engines import chat_format
+
+    d = tmp_path / "model"
+    ensure_random_model(d, "tiny", ["x y z"] * 20, seed=0)
+    assert chat_format(str(d))("rank these") == "rank these"  # no template: a raw completion
+    config = json.loads((d / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+    (d / "chat_template.jinja").unlink(missing_ok=True)
+    render = chat_format(str(d))
+    assert render("rank these") == "<|user|>rank these\n<|assistant|>"
+    engine = ScriptedJudge([prompts.format_ranking("e", 0, [0, 1])])
+    judge = LLMJudge(engine, chat=render)
+    step = mk_step("answer", '"a"', '"b"')
+    judge.score(step, mk_ctx())
+    assert engine.calls[0]["prompts"] == [render(judge_prompt(step, judge.order(step)))]
+
+
+def test_judge_engine_takes_the_run_engine_settings():
+    engine = EngineConfig(backend="hf", model="policy", dtype="bfloat16", max_batch=7, gpu_memory_utilization=0.4,
+                          enforce_eager=False, random_init="tiny")
+    got = judge_engine_config(RankerConfig(kind="llm-judge", judge_model="org/judge", judge_backend="vllm"), engine)
+    assert (got.backend, got.model, got.dtype, got.max_batch, got.gpu_memory_utilization, got.enforce_eager,
+            got.random_init) == ("vllm", "org/judge", "bfloat16", 7, 0.4, False, "")
+
+
+def test_verdict_counters_fail_above_the_configured_rate():
+    stats = {"judged": 7, "identical": 5, "fallback_unparseable": 2, "fallback_engine": 1, "last_unparsed": "Best: 9"}
+    counters, error = verdict_counters(stats, 0.2)
+    assert counters == {"verdicts_needed": 10, "verdicts_unparsed": 2, "verdicts_engine_failed": 1,
+                        "unparsed_rate": 0.3}
+    assert error.startswith("the llm-judge ranker gave no usable verdict on 3 of 10 steps (30.0% > ")
+    assert "'Best: 9'" in error and "\n" not in error
+    assert verdict_counters(stats, 0.3)[1] is None
+    assert verdict_counters({}, 0.0) == ({"verdicts_needed": 0, "verdicts_unparsed": 0,
+                                          "verdicts_engine_failed": 0, "unparsed_rate": 0.0}, None)
+
+
+def test_tied_steps_are_those_left_to_perplexity():
+    step = mk_step("answer", '"a"', '"b"', '"a"')
+    assert tied(step, [1.0, 1.0, 1.0]) is True and tied(step, [1.0, 2.0, 1.0]) is False
+    assert tied(mk_step("answer", '"a"', '"a"'), [0.0, 0.0]) is None  # nothing to rank
 
 
 def test_llm_judge_falls_back_to_equal_scores_and_counts():
@@ -332,7 +398,8 @@ def test_llm_judge_falls_back_to_equal_scores_and_counts():
              (mk_step("answer", '"e"', '"e"'), mk_ctx())]
     scores = judge.score_batch(items)
     assert scores == [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
-    assert judge.stats() == {"judged": 0, "identical": 1, "fallback_unparseable": 1, "fallback_engine": 1}
+    assert judge.stats() == {"judged": 0, "identical": 1, "fallback_unparseable": 1, "fallback_engine": 1,
+                             "last_unparsed": "Explanation: fine\nBest: 9\nRanking: 9 > 1"}
     assert len(engine.calls) == 3  # one batch call, then one retry per prompt; identical samples: no call
 
 
@@ -353,6 +420,9 @@ def test_llm_judge_with_a_tiny_random_model_falls_back(tiny_engine):
     assert judge.stats()["fallback_unparseable"] == 2 and judge.stats()["judged"] == 0
     worker = TrajectoryRanker(RankerConfig(kind="llm-judge"), engine=tiny_engine)
     (out,) = ranked(worker, [trajectory().to_dict()])
+    taken = worker.take_stats()  # one phase's counters, then counting starts again
+    assert taken["fallback_unparseable"] >= 1 and taken["judged"] == 0 and taken["last_unparsed"]
+    assert worker.take_stats()["fallback_unparseable"] == 0 and worker.stats()["fallback_unparseable"] >= 1
     llm = [s for s in out["steps"] if s["scores"] is not None]
     # equal scores everywhere: the best is the parseable sample with the lowest NLL
     for s in llm:

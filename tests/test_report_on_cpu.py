@@ -92,7 +92,9 @@ def make_run(root: Path, *, generations_done: int = 1, ranker: str = "critic") -
         records = [r for t in trajs for r in step_records(1, t)]
         GrowingBatch(run.batch).write_gen(1, records)
         state.mark(1, "rollout", {"seconds": 10.0, "episodes": 2})
-        state.mark(1, "rank", {"seconds": 2.0, "ranker_agreement": 0.75})
+        verdicts = {"verdicts_needed": 8, "verdicts_unparsed": 1, "verdicts_engine_failed": 0, "unparsed_rate": 0.125} \
+            if ranker == "llm-judge" else {}
+        state.mark(1, "rank", {"seconds": 2.0, "ranker_agreement": 0.75, "tie_rate": 0.25, **verdicts})
         state.mark(1, "store", {"seconds": 0.1, "records": len(records), "batch_records": len(records)})
         state.mark(1, "finetune", {"seconds": 30.0, "examples": 4, "steps": 2, "loss_first": 2.5, "loss_final": 1.25})
         state.mark(1, "broadcast", {"seconds": 0.5}, version=1)
@@ -256,3 +258,32 @@ def test_ablation_rows_and_the_cli(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not a run dir (no config.yaml)" in err and err.count("\n") == 1
+
+
+def test_an_llm_judged_run_reports_its_spread_and_exact_match_beside_it(tmp_path):
+    """Scores of the LLM Check_Answer judge (mean over R runs) keep their spread, and exact match stays
+    beside them in report.json, Table 1 and the page."""
+    run = make_run(tmp_path / "judged")
+    d = run.eval_dir(1, "L", "test-questions")
+    score = json.loads((d / "score.json").read_text())
+    score.update(accuracy=0.75, judge="llm: Check_Answer 5-shot (j), mean of 2 runs at T=0.5",
+                 llm_judge={"runs": 2, "mean": 0.75, "std": 0.25 * 2 ** 0.5, "exact_match": 1.0,
+                            "no_verdict_per_run": [1, 0], "accuracy_per_run": [0.5, 1.0]})
+    (d / "score.json").write_text(json.dumps(score))
+    report = write_report(run.root)
+    judged = next(e for e in report["evals"] if (e["gen"], e["model"]) == (1, "L"))
+    assert (judged["accuracy"], judged["exact_match"], judged["judge_runs"], judged["judge_no_verdict"]) == \
+        (0.75, 1.0, 2, 1)
+    assert "exact_match" not in next(e for e in report["evals"] if (e["gen"], e["model"]) == (1, "S"))
+    cell = report["table1"][0]["rows"][1]["cells"]["L"]
+    assert cell["judge_std"] == pytest.approx(0.3536, abs=1e-4) and cell["exact_match"] == 1.0
+    html = run.report_html.read_text() if hasattr(run, "report_html") else (run.root / "report.html").read_text()
+    assert "75.0 \u00b1 35.4 [" in html and "(EM 100.0)" in html and "<th>exact match</th>" in html
+
+
+def test_the_llm_judge_rankers_unusable_verdicts_and_ties_are_reported(tmp_path):
+    run = make_run(tmp_path / "judged-rank", ranker="llm-judge")
+    report = write_report(run.root)
+    assert report["generations"]["gen-1"]["rank"]["unparsed_rate"] == 0.125
+    html = (run.root / "report.html").read_text()
+    assert "<th>unusable verdicts</th>" in html and "12.5%" in html and "25.0%" in html

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from actors.engines.hf import HFEngine
+from collections.abc import Callable
+
+from transformers import AutoTokenizer
+
+from actors.engines.hf import HFEngine, check_model_dir
 from actors.engines.vllm_engine import VLLMEngine
 from core.config import EngineConfig
 from core.engine import Engine
@@ -34,3 +38,23 @@ def make_engine(cfg: EngineConfig, revision: str | None = None) -> Engine:
             revision=revision,
         )
     raise EngineError(f"engine.backend must be 'hf' or 'vllm', got {cfg.backend!r}")
+
+
+def chat_format(model: str, revision: str | None = None) -> Callable[[str], str]:
+    """How a prompt reaches ``model`` as one user turn: its tokenizer's chat template, ready for the
+    assistant's reply, or the prompt itself (a raw completion) when the tokenizer has no template.
+
+    The engines put the bos token before every prompt themselves, so a template's own leading bos
+    is dropped rather than doubled.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(check_model_dir(model, revision))
+    if not getattr(tokenizer, "chat_template", None):
+        return lambda text: text
+    bos = tokenizer.bos_token or ""
+
+    def render(text: str) -> str:
+        out = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                            add_generation_prompt=True)
+        return out[len(bos):] if bos and out.startswith(bos) else out
+
+    return render

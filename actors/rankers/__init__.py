@@ -9,9 +9,10 @@ trajectories as a Ray actor.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
-from actors.engines import make_engine
+from actors.engines import chat_format, make_engine
 from actors.rankers.base import StepRanker
 from actors.rankers.critic import Critic
 from actors.rankers.llm_judge import LLMJudge
@@ -21,9 +22,11 @@ from core.config import EngineConfig, RankerConfig
 from core.engine import Engine
 
 
-def make_ranker(cfg: RankerConfig, engine: Engine | None = None, revisions: Mapping[str, str] | None = None) -> StepRanker:
-    """The ranker ``cfg.kind`` names; ``llm-judge`` uses ``engine`` or builds one from ``cfg.judge_*``
-    (a hub id at the commit ``revisions``, the run's ``models.revisions``, records for it)."""
+def make_ranker(cfg: RankerConfig, engine: Engine | None = None, revisions: Mapping[str, str] | None = None,
+                engine_cfg: EngineConfig | None = None) -> StepRanker:
+    """The ranker ``cfg.kind`` names; ``llm-judge`` uses ``engine`` or builds one from ``cfg.judge_*`` and the
+    run's engine section ``engine_cfg`` (a hub id at the commit ``revisions``, the run's ``models.revisions``,
+    records for it), and talks to it in the judge model's chat template where it has one."""
     if cfg.kind == "critic":
         return Critic()
     if cfg.kind == "random":
@@ -31,15 +34,18 @@ def make_ranker(cfg: RankerConfig, engine: Engine | None = None, revisions: Mapp
     if cfg.kind == "oracle":
         return OracleRanker()
     if cfg.kind == "llm-judge":
+        chat = None
         if engine is None:
             if not cfg.judge_model:
                 raise ValueError("ranker.judge_model is empty: the llm-judge ranker needs a judge model")
-
-            engine = make_engine(judge_engine_config(cfg), revision=(revisions or {}).get(cfg.judge_model))
-        return LLMJudge(engine, max_new_tokens=cfg.judge_max_new_tokens)
+            revision = (revisions or {}).get(cfg.judge_model)
+            engine = make_engine(judge_engine_config(cfg, engine_cfg or EngineConfig()), revision=revision)
+            chat = chat_format(cfg.judge_model, revision)
+        return LLMJudge(engine, max_new_tokens=cfg.judge_max_new_tokens, chat=chat, seed=cfg.seed)
     raise ValueError(f"ranker.kind: unknown ranker {cfg.kind!r} (known: critic, llm-judge, oracle, random)")
 
 
-def judge_engine_config(cfg: RankerConfig) -> EngineConfig:
-    """The engine settings of the llm-judge ranker's own engine (``rest.plan`` sizes it from these)."""
-    return EngineConfig(backend=cfg.judge_backend, model=cfg.judge_model)
+def judge_engine_config(cfg: RankerConfig, engine: EngineConfig) -> EngineConfig:
+    """The llm-judge ranker's engine: the run's engine section (dtype, batch, memory share, graphs) with the
+    judge's backend and model (``rest.plan`` sizes it from these)."""
+    return dataclasses.replace(engine, backend=cfg.judge_backend, model=cfg.judge_model, random_init="")

@@ -15,7 +15,7 @@ import ray
 from actors.rankers import make_ranker
 from actors.rankers.base import StepContext, step_contexts
 from agent.trajectory import Step, Trajectory
-from core.config import RankerConfig
+from core.config import EngineConfig, RankerConfig
 from core.engine import Engine
 
 #: (trajectory id, step index) -> one score per sample of that LLM step
@@ -30,13 +30,14 @@ class TrajectoryRanker:
     """
 
     def __init__(self, cfg: RankerConfig, gold: Mapping[str, dict] | None = None, engine: Engine | None = None,
-                 revisions: Mapping[str, str] | None = None):
+                 revisions: Mapping[str, str] | None = None, engine_cfg: EngineConfig | None = None):
         if cfg.kind == "oracle" and gold is None:
             raise ValueError("the oracle ranker needs gold question records (toy world only)")
         self.cfg = cfg
         self.gold = dict(gold) if cfg.kind == "oracle" and gold is not None else None
-        self.ranker = make_ranker(cfg, engine, revisions)
+        self.ranker = make_ranker(cfg, engine, revisions, engine_cfg)
         self.counts = {"trajectories": 0, "steps": 0}
+        self._taken: dict = {}
 
     def rank(self, trajectories: list[dict]) -> StepScores:
         """One score per sample of every LLM step that has samples, keyed by (trajectory id, step index)."""
@@ -55,9 +56,16 @@ class TrajectoryRanker:
         return out
 
     def stats(self) -> dict:
-        """Counters over this ranker's lifetime (plus the judge's fallbacks, for llm-judge)."""
+        """Counters over this ranker's lifetime (plus the judge's verdicts and fallbacks, for llm-judge)."""
         extra = getattr(self.ranker, "stats", None)
         return {"ranker": self.ranker.name, **self.counts, **(extra() if callable(extra) else {})}
+
+    def take_stats(self) -> dict:
+        """The counters since the last ``take_stats`` (one rank phase's), other fields as they are now."""
+        now = self.stats()
+        out = {k: v - self._taken.get(k, 0) if isinstance(v, int) else v for k, v in now.items()}
+        self._taken = {k: v for k, v in now.items() if isinstance(v, int)}
+        return out
 
     def _gold_of(self, question_id: str) -> dict | None:
         if self.gold is None:

@@ -25,7 +25,7 @@ from core.io import read_jsonl
 from core.state import PHASES, RunState
 from learner.selection import distinct_examples
 from rest.batch import GrowingBatch
-from rest.loop import ReSTLoop
+from rest.loop import ReSTLoop, RunError
 from rest.runs import open_run
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -97,14 +97,23 @@ def test_collective_transport_and_a_sampler_killed_mid_rollout(cluster, runs):
     def start(loop):
         threading.Thread(target=killer, args=(loop,), daemon=True).start()
 
+    s_base = str(ROOT / ".cache/worlds/tiny-0/models/S-base")
     run, report = _run_in_process(runs, "killed", on_loop=start, **{
-        "learner.transport": "collective", "rest.questions_per_task": 1,
-        "models.students": {"S": str(ROOT / ".cache/worlds/tiny-0/models/S-base")}})
+        "learner.transport": "collective", "rest.questions_per_task": 1, "models.students": {"S": s_base},
+        # the paper's Check_Answer judge scores every eval, on its own actor (a real tiny model's text)
+        "eval.judge": "llm", "eval.judge_model": s_base, "eval.judge_runs": 2, "eval.judge_num_cpus": 0.25})
     assert killed, "the killer thread never saw a busy sampler"
     _check_complete(run, report, models=("L", "S"))
     state = RunState.load(run.state)
     assert state.done["1/rollout"]["resubmitted"] >= 1 and state.done["1/rollout"]["replaced"] >= 1
     assert state.done["1/broadcast"]["transport"] == "collective"
+    for e in report["evals"]:
+        assert e["judge"].startswith("llm: Check_Answer 5-shot (S-base), mean of 2 runs") and e["judge_runs"] == 2
+        assert 0 <= e["exact_match"] <= 1 and e["judge_no_verdict"] >= 0
+        lines = read_jsonl(run.eval_dir(e["gen"], e["model"], "toy-test") / "predictions.jsonl")
+        assert all(len(p["judge_verdicts"]) == 2 for p in lines)
+    assert set(state.done["1/eval"]["exact_match"]) == {"L/toy-test", "S/toy-test"}
+    assert not [a for a in ray.util.list_named_actors() if "eval-judge" in a]  # stopped with its phase
 
 
 def _cli(runs: Path, gcs: str, *args: str) -> list[str]:
@@ -183,3 +192,19 @@ def test_a_stale_sampler_refuses_work_and_a_broadcast_changes_its_outputs(cluste
     with pytest.raises(StaleWeights):
         ray.get(sampler.rollout.remote(["q1"], 0, 1, 7), timeout=120)
     ray.kill(sampler)
+
+
+def test_an_llm_judge_ranker_that_cannot_answer_fails_the_rank_phase(cluster, runs):
+    """A judge whose verdicts do not parse would leave every pick to perplexity: the rank phase stops with
+    one line (the share, the limit, an example) and writes nothing, so a rerun ranks again."""
+    judge = str(ROOT / ".cache/worlds/tiny-0/models/S-base")  # a real tiny model: it writes no verdicts
+    with pytest.raises(RunError) as failed:
+        _run_in_process(runs, "mute-judge", **{"ranker.kind": "llm-judge", "ranker.judge_model": judge,
+                                               "ranker.judge_max_new_tokens": 16})
+    line = str(failed.value)
+    assert line.startswith("gen 1 rank: the llm-judge ranker gave no usable verdict on ") and "\n" not in line
+    assert "> ranker.max_unparsed_rate 20%" in line
+    run = runs / "mute-judge"
+    state = RunState.load(run / "state.json")
+    assert state.is_done(1, "rollout") and not state.is_done(1, "rank")
+    assert all(s.get("scores") is None for t in read_jsonl(run / "trajectories" / "gen-1.jsonl") for s in t["steps"])
