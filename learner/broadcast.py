@@ -1,18 +1,23 @@
-"""Weight broadcast helpers: a checksum, one flat byte buffer, and a standalone gloo group.
+"""Weight broadcast helpers: a checksum, a bucket plan, and a standalone collective group.
 
 The learner sends new weights to every sampler after each fine-tune; the protocol
 is checked, not assumed: every delivery carries the policy version and a checksum
-of the exact tensors sent, and the receiver recomputes it before loading.
+of the exact tensors sent (sha256, computed once by learner rank 0 from the copy it
+already keeps), and every bucket of a collective send is followed by its fingerprint.
 
 Two transports share these helpers (``learner.group.LearnerGroup.broadcast``):
 
 * object store: learner rank 0 returns its state dict once (CPU tensors) and every
   sampler's ``load_weights`` gets the same object reference;
-* collective: learner rank 0 and the N samplers form a ``WeightGroup`` of N + 1
-  ranks, and rank 0 broadcasts one flat byte buffer (``flatten_state``); each
-  sampler allocates the buffer from the metadata, receives it and unflattens it
-  (``receive_state``). The group is built on its own ``TCPStore``, so it never
-  touches either side's default process group (torch.distributed allows only one).
+* collective: learner rank 0 and the N receivers form a ``WeightGroup`` of N + 1
+  ranks (gloo on CPU, NCCL on GPU, the same code). Rank 0 packs the tensors, in
+  ``plan_buckets`` order, into buckets of about ``bucket_bytes`` on its device and
+  broadcasts them one after another, each followed by its byte-sum fingerprint;
+  a receiver gets each bucket on its own device, checks the fingerprint, and hands
+  the bucket's tensors on (``receive_buckets``): an HF sampler into a state dict, a
+  vLLM worker straight into its model's in-place reload, with no file and no extra
+  host copy. The group is built on its own ``TCPStore``, so it never touches any
+  process's default process group (torch.distributed allows only one).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import datetime
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -81,23 +86,45 @@ def weights_checksum(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def flatten_state(state: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, list]:
-    """All tensors' bytes in one uint8 CPU buffer, plus the metadata to cut it apart again.
-
-    Metadata: one ``[name, dtype, shape, nbytes]`` list per tensor, in buffer order
-    (plain JSON-able values, cheap to send through Ray). Mixed dtypes are fine: the
-    buffer holds bytes, not numbers.
-    """
+def state_meta(state: Mapping[str, torch.Tensor]) -> list:
+    """One ``[name, dtype, shape, nbytes]`` list per tensor, in the state's order (plain JSON-able values)."""
     _check_state(state)
-    meta = []
-    for name, t in state.items():
-        meta.append([name, _dtype_name(t, name), list(t.shape), t.numel() * t.element_size()])
-    flat = torch.empty(sum(m[3] for m in meta), dtype=torch.uint8)
+    return [[name, _dtype_name(t, name), list(t.shape), t.numel() * t.element_size()] for name, t in state.items()]
+
+
+#: byte alignment of every tensor inside a bucket, so each can be viewed in its dtype without a copy
+ALIGN = 16
+
+
+def plan_buckets(meta: list, bucket_bytes: int) -> list[list[list[int]]]:
+    """The buckets of a collective send: per bucket, ``[tensor index, byte offset]`` pairs.
+
+    Tensors keep ``meta`` order; a bucket closes when the next tensor would take it past
+    ``bucket_bytes`` (a tensor larger than that travels alone). Offsets are aligned to
+    ``ALIGN`` bytes. Sender and receivers use the same plan.
+    """
+    if bucket_bytes < 1:
+        raise ValueError(f"plan_buckets: bucket_bytes must be >= 1, got {bucket_bytes}")
+    meta_nbytes(meta)
+    buckets: list[list[list[int]]] = []
     at = 0
-    for (_, _, _, n), t in zip(meta, state.values(), strict=True):
-        flat[at : at + n].copy_(_as_bytes(t))
-        at += n
-    return flat, meta
+    for i, (_, _, _, nbytes) in enumerate(meta):
+        if not buckets or (at and at + nbytes > bucket_bytes):
+            buckets.append([])
+            at = 0
+        buckets[-1].append([i, at])
+        at = _aligned(at + nbytes)
+    return buckets
+
+
+def bucket_size(meta: list, bucket: list[list[int]]) -> int:
+    """Bytes of one planned bucket (its last tensor's end)."""
+    i, offset = bucket[-1]
+    return offset + meta[i][3]
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
 
 
 def meta_nbytes(meta: list) -> int:
@@ -122,24 +149,6 @@ def meta_nbytes(meta: list) -> int:
     return total
 
 
-def unflatten_state(flat: torch.Tensor, meta: list) -> dict[str, torch.Tensor]:
-    """Cut a ``flatten_state`` buffer back into named tensors (each its own copy, on CPU)."""
-    if not isinstance(flat, torch.Tensor) or flat.dtype != torch.uint8 or flat.dim() != 1:
-        raise ValueError("unflatten_state: flat must be a 1-D uint8 tensor")
-    total = meta_nbytes(meta)
-    if total != flat.numel():
-        raise ValueError(f"unflatten_state: meta describes {total} bytes, the buffer has {flat.numel()}")
-    flat = flat.to("cpu")
-    out: dict[str, torch.Tensor] = {}
-    at = 0
-    for name, dtype, shape, n in meta:
-        if name in out:
-            raise ValueError(f"unflatten_state: tensor {name!r} appears twice in meta")
-        out[name] = flat[at : at + n].clone().view(_DTYPES[dtype]).reshape(shape)
-        at += n
-    return out
-
-
 def verify_checksum(state: Mapping[str, torch.Tensor], checksum: str) -> str:
     """Return ``checksum`` when ``state`` matches it, else ValueError naming both digests."""
     got = weights_checksum(state)
@@ -149,25 +158,30 @@ def verify_checksum(state: Mapping[str, torch.Tensor], checksum: str) -> str:
 
 
 class WeightGroup:
-    """A standalone gloo group of ``world_size`` processes for broadcasting weights.
+    """A standalone group of ``world_size`` processes for broadcasting weights: gloo over CPU
+    tensors, or NCCL over the current CUDA device's (``backend``; ``device`` is where buffers live).
 
     Rank 0 hosts a ``TCPStore`` at ``master_addr:master_port``; the others connect to
     it; the group lives on a prefix of that store and is independent of any default
-    process group, so a DeepSpeed rank and a sampler (which may run its own
-    torch.distributed world) can both join. Every member must construct it at about
+    process group, so a DeepSpeed rank, a sampler and a vLLM worker (which run their own
+    torch.distributed worlds) can all join. Every member must construct it at about
     the same time: construction is a rendezvous that waits up to ``timeout_s``.
     """
 
     def __init__(
-        self, master_addr: str, master_port: int, rank: int, world_size: int, timeout_s: float = 60.0
+        self, master_addr: str, master_port: int, rank: int, world_size: int, timeout_s: float = 60.0,
+        backend: str = "gloo",
     ):
+        if backend not in ("gloo", "nccl"):
+            raise ValueError(f"WeightGroup: backend must be gloo or nccl, got {backend!r}")
         if world_size < 2 or not 0 <= rank < world_size:
             raise ValueError(
                 f"WeightGroup: need 0 <= rank < world_size and world_size >= 2, got {rank}/{world_size}"
             )
         if not 0 < int(master_port) < 65536:
             raise ValueError(f"WeightGroup: bad master_port {master_port!r}")
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.backend = rank, world_size, backend
+        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         self.timeout = datetime.timedelta(seconds=float(timeout_s))
         try:
             self._store = dist.TCPStore(
@@ -178,10 +192,16 @@ class WeightGroup:
                 timeout=self.timeout,
                 wait_for_workers=False,
             )
-            opts = dist.ProcessGroupGloo._Options()
-            opts._timeout = self.timeout
-            opts._devices = [dist.ProcessGroupGloo.create_device(hostname=_local_host(master_addr))]
-            self._pg = dist.ProcessGroupGloo(dist.PrefixStore("weights", self._store), rank, world_size, opts)
+            store = dist.PrefixStore("weights", self._store)
+            if backend == "nccl":
+                opts = dist.ProcessGroupNCCL.Options()
+                opts._timeout = self.timeout
+                self._pg = dist.ProcessGroupNCCL(store, rank, world_size, opts)
+            else:
+                opts = dist.ProcessGroupGloo._Options()
+                opts._timeout = self.timeout
+                opts._devices = [dist.ProcessGroupGloo.create_device(hostname=_local_host(master_addr))]
+                self._pg = dist.ProcessGroupGloo(store, rank, world_size, opts)
         except RuntimeError as e:  # DistStoreError and gloo errors are RuntimeErrors
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RuntimeError(
@@ -189,7 +209,7 @@ class WeightGroup:
             ) from None
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-        """Broadcast ``tensor`` (a CPU tensor of the same shape on every rank) from ``src``, in place."""
+        """Broadcast ``tensor`` (same shape on every rank, on ``self.device``) from ``src``, in place."""
         if self._pg is None:
             raise RuntimeError("WeightGroup: broadcast on a closed group")
         opts = dist.BroadcastOptions()
@@ -224,17 +244,42 @@ def _local_host(master_addr: str) -> str:
         return s.getsockname()[0]
 
 
-def send_state(group: WeightGroup, flat: torch.Tensor) -> None:
-    """Rank 0's half of a collective weight broadcast: send the flat buffer."""
+def send_buckets(group: WeightGroup, state: Mapping[str, torch.Tensor], meta: list, plan: list) -> int:
+    """Rank 0's half of a collective send: every planned bucket, packed on the group's device, then its
+    fingerprint; one bucket's buffer exists at a time. Returns the bytes sent."""
     if group.rank != 0:
-        raise ValueError(f"send_state: only rank 0 sends, this is rank {group.rank}")
-    group.broadcast(flat, src=0)
+        raise ValueError(f"send_buckets: only rank 0 sends, this is rank {group.rank}")
+    tensors = list(state.values())
+    sent = 0
+    for bucket in plan:
+        buf = torch.zeros(bucket_size(meta, bucket), dtype=torch.uint8, device=group.device)
+        for i, offset in bucket:
+            buf[offset: offset + meta[i][3]].copy_(_as_bytes(tensors[i]).to(group.device, non_blocking=True))
+        group.broadcast(buf, src=0)
+        group.broadcast(_fingerprint(buf), src=0)
+        sent += buf.numel()
+    return sent
 
 
-def receive_state(group: WeightGroup, meta: list) -> dict[str, torch.Tensor]:
-    """A receiver's half: allocate the buffer ``meta`` describes, receive it, unflatten it."""
+def receive_buckets(group: WeightGroup, meta: list, plan: list) -> Iterator[tuple[str, torch.Tensor]]:
+    """A receiver's half: per planned bucket, receive it into a fresh buffer on the group's device, check
+    its fingerprint (ValueError naming the bucket on a mismatch, before any of its tensors is handed on)
+    and yield ``(name, tensor)`` views into it, in ``meta`` order."""
     if group.rank == 0:
-        raise ValueError("receive_state: rank 0 is the sender")
-    flat = torch.empty(meta_nbytes(meta), dtype=torch.uint8)
-    group.broadcast(flat, src=0)
-    return unflatten_state(flat, meta)
+        raise ValueError("receive_buckets: rank 0 is the sender")
+    for b, bucket in enumerate(plan):
+        buf = torch.empty(bucket_size(meta, bucket), dtype=torch.uint8, device=group.device)
+        group.broadcast(buf, src=0)
+        expected = group.broadcast(torch.zeros(1, dtype=torch.int64, device=group.device), src=0)
+        got = _fingerprint(buf)
+        if int(got.item()) != int(expected.item()):
+            raise ValueError(f"weights bucket {b + 1}/{len(plan)} arrived changed (fingerprint {int(got.item())}, "
+                             f"sent {int(expected.item())})")
+        for i, offset in bucket:
+            name, dtype, shape, nbytes = meta[i]
+            yield name, buf[offset: offset + nbytes].view(_DTYPES[dtype]).reshape(shape)
+
+
+def _fingerprint(buf: torch.Tensor) -> torch.Tensor:
+    """A bucket's byte sum, computed where the bucket is (no host copy of the weights)."""
+    return buf.sum(dtype=torch.int64).reshape(1)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 
 from core.config import LearnerConfig
-from learner.broadcast import WeightGroup, flatten_state, send_state, weights_checksum
+from learner.broadcast import WeightGroup, meta_nbytes, plan_buckets, send_buckets, state_meta, weights_checksum
 from learner.data import SFTExample, collate, make_batches, micro_batches, target_weight, tokenize_all
 from learner.trainer import lr_factor, save_atomic, sft_loss
 
@@ -177,7 +177,6 @@ class LearnerRank:
         torch.set_num_threads(num_threads)
         self.rank, self.world_size = rank, world_size
         self._state: dict[str, torch.Tensor] | None = None
-        self._flat: tuple[torch.Tensor, list] | None = None
         self._checksum: str | None = None
         self._weights: WeightGroup | None = None
 
@@ -353,7 +352,6 @@ class LearnerRank:
         state = gathered_state(engine.module, keep=self.rank == 0)
         if self.rank == 0:
             self._state = state
-            self._flat = None
             self._checksum = weights_checksum(state)
             save_atomic(
                 engine.module, tokenizer, out_dir, meta={**meta, "checksum": self._checksum}, state_dict=state
@@ -372,35 +370,28 @@ class LearnerRank:
         """The last fit's full weights (CPU tensors, tied weights once): the object-store payload."""
         return self._require_weights()
 
-    def weights_info(self) -> dict:
-        """Checksum, byte size and flat-buffer metadata of the last fit's weights."""
-        self._require_weights()
-        flat, meta = self._flat_state()
-        return {"checksum": self._checksum, "bytes": int(flat.numel()), "meta": meta}
-
-    def _flat_state(self) -> tuple[torch.Tensor, list]:
-        if self._flat is None:
-            self._flat = flatten_state(self._require_weights())
-        return self._flat
+    def weights_info(self, bucket_bytes: int = 256 << 20) -> dict:
+        """Checksum, byte size, per-tensor metadata and the bucket plan of the last fit's weights."""
+        meta = state_meta(self._require_weights())
+        return {"checksum": self._checksum, "bytes": meta_nbytes(meta), "meta": meta,
+                "plan": plan_buckets(meta, bucket_bytes)}
 
     def weight_group_address(self) -> tuple[str, int]:
         """(address, free port) for the weight group's store, hosted by this rank."""
         return node_address(), free_port()
 
     def join_weight_group(
-        self, master_addr: str, master_port: int, world_size: int, timeout_s: float
+        self, master_addr: str, master_port: int, world_size: int, timeout_s: float, backend: str = "gloo"
     ) -> None:
         """Become rank 0 (the sender) of a fresh weight group with the samplers."""
         self.leave_weight_group()
-        self._weights = WeightGroup(master_addr, master_port, 0, world_size, timeout_s)
+        self._weights = WeightGroup(master_addr, master_port, 0, world_size, timeout_s, backend)
 
-    def send_weights(self) -> int:
-        """Broadcast the last fit's flat weights to the weight group; returns the bytes sent."""
+    def send_weights(self, meta: list, plan: list) -> int:
+        """Broadcast the last fit's weights to the weight group, bucket by bucket; returns the bytes sent."""
         if self._weights is None:
             raise RuntimeError("learner rank 0 is in no weight group: join_weight_group first")
-        flat, _ = self._flat_state()
-        send_state(self._weights, flat)
-        return int(flat.numel())
+        return send_buckets(self._weights, self._require_weights(), meta, plan)
 
     def leave_weight_group(self) -> None:
         if self._weights is not None:

@@ -56,6 +56,8 @@ class BroadcastResult:
     transport: str
     seconds: float
     bytes: int
+    #: Ray calls this sync made (a collective's first also builds the weight group)
+    ray_calls: int = 0
 
 
 def _describe(name: str, e: BaseException) -> tuple[bool, str]:
@@ -238,8 +240,10 @@ class LearnerGroup:
 
         ``transport`` (default ``cfg.transport``): "object_store" puts the state once
         and hands every sampler's ``load_weights`` the same reference; "collective"
-        broadcasts one flat buffer from rank 0 over a weight group with the samplers
-        (built on first use, kept while the set of samplers stays the same).
+        broadcasts ``cfg.bucket_mb`` buckets from rank 0 over a weight group with the
+        samplers (a vLLM sampler's worker receives them straight into its model), built
+        on first use and kept while the set of samplers stays the same: one Ray call to
+        rank 0 and one per sampler per sync, whatever the model's size.
         """
         self._check_usable()
         transport = transport or self.cfg.transport
@@ -260,18 +264,21 @@ class LearnerGroup:
             state_ref = self.ranks[0].state_dict.remote()
             refs = [s.load_weights.remote(state_ref, version, info["checksum"]) for s in samplers]
             got = wait_all(refs, names, self.control_timeout_s, f"broadcast v{version} (object store)")
+            calls = 2 + len(refs)
         else:
-            info = self._rank0_call(self.ranks[0].weights_info.remote(), "weights_info")
-            self._join_weight_group(samplers)
+            info = self._rank0_call(self.ranks[0].weights_info.remote(self.cfg.bucket_mb << 20), "weights_info")
+            calls = 1 + self._join_weight_group(samplers)
             try:
-                refs = [self.ranks[0].send_weights.remote()]
-                refs += [s.receive_weights.remote(version, info["checksum"], info["meta"]) for s in samplers]
+                refs = [self.ranks[0].send_weights.remote(info["meta"], info["plan"])]
+                refs += [s.receive_weights.remote(version, info["checksum"], info["meta"], info["plan"])
+                         for s in samplers]
                 got = wait_all(
                     refs,
                     ["learner rank 0", *names],
                     self.control_timeout_s,
                     f"broadcast v{version} (collective)",
                 )[1:]
+                calls += len(refs)
             except RuntimeError:
                 self._leave_weight_group()
                 raise
@@ -279,24 +286,27 @@ class LearnerGroup:
         if wrong:
             raise RuntimeError(f"broadcast v{version}: {', '.join(wrong)} acknowledged a different checksum")
         return BroadcastResult(
-            version, info["checksum"], transport, time.perf_counter() - start, info["bytes"]
+            version, info["checksum"], transport, time.perf_counter() - start, info["bytes"], calls
         )
 
     def _rank0_call(self, ref: ray.ObjectRef, what: str):
         return wait_all([ref], ["learner rank 0"], self.control_timeout_s, f"learner {what}")[0]
 
-    def _join_weight_group(self, samplers: Sequence) -> None:
+    def _join_weight_group(self, samplers: Sequence) -> int:
+        """Build the weight group with ``samplers`` unless it is already theirs; returns the Ray calls made."""
         key = tuple(s._actor_id.hex() for s in samplers)
         if key == self._weight_key:
-            return
+            return 0
         self._leave_weight_group()
         addr, port = self._rank0_call(self.ranks[0].weight_group_address.remote(), "weight_group_address")
         world = len(samplers) + 1
-        refs = [self.ranks[0].join_weight_group.remote(addr, port, world, self.control_timeout_s)]
-        refs += [s.join_weight_group.remote(addr, port, i + 1, world) for i, s in enumerate(samplers)]
+        backend = "nccl" if self.backend == "nccl" else "gloo"  # GPU buffers where the learner trains on GPUs
+        refs = [self.ranks[0].join_weight_group.remote(addr, port, world, self.control_timeout_s, backend)]
+        refs += [s.join_weight_group.remote(addr, port, i + 1, world, backend) for i, s in enumerate(samplers)]
         names = ["learner rank 0", *(f"sampler {i}" for i in range(len(samplers)))]
         wait_all(refs, names, self.control_timeout_s, "weight group join")
         self._weight_key = key
+        return 1 + len(refs)
 
     def _leave_weight_group(self) -> None:
         self._weight_key = None

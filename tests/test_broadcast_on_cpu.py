@@ -1,4 +1,4 @@
-"""Weight broadcast helpers: checksum, flat buffer round trips, and a real 2-process gloo group."""
+"""Weight broadcast helpers: checksum, bucket plans, and bucketed sends over a real 2-process gloo group."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from learner.broadcast import (
+    ALIGN,
     WeightGroup,
-    flatten_state,
+    bucket_size,
     meta_nbytes,
-    receive_state,
-    send_state,
-    unflatten_state,
+    plan_buckets,
+    receive_buckets,
+    send_buckets,
+    state_meta,
     verify_checksum,
     weights_checksum,
 )
@@ -72,32 +74,26 @@ def test_checksum_sees_names_shapes_and_dtypes():
     assert weights_checksum({"w": w, "x": torch.zeros(0)}) != base  # an extra empty tensor
 
 
-def test_flatten_round_trip_mixed_dtypes():
+def test_bucket_plan_keeps_order_aligns_and_caps_sizes():
     state = mixed_state(3)
-    flat, meta = flatten_state(state)
-    assert flat.dtype == torch.uint8 and flat.dim() == 1
-    assert flat.numel() == meta_nbytes(meta) == sum(t.numel() * t.element_size() for t in state.values())
-    back = unflatten_state(flat, meta)
-    assert same(state, back)
-    assert weights_checksum(back) == weights_checksum(state)
-    flat.zero_()  # the unflattened tensors own their memory
-    assert same(state, back)
-
-
-def test_unflatten_rejects_bad_input():
-    flat, meta = flatten_state({"a": torch.ones(3), "b": torch.ones(2, dtype=torch.int64)})
-    with pytest.raises(ValueError, match="meta describes"):
-        unflatten_state(flat[:-1], meta)
+    meta = state_meta(state)
+    assert meta_nbytes(meta) == sum(t.numel() * t.element_size() for t in state.values())
+    for cap in (1, 40, 100, 10_000):
+        plan = plan_buckets(meta, cap)
+        assert [i for bucket in plan for i, _ in bucket] == list(range(len(meta)))  # every tensor once, in order
+        for bucket in plan:
+            assert all(offset % ALIGN == 0 for _, offset in bucket)
+            lone = sum(meta[i][3] > 0 for i, _ in bucket) == 1  # only a lone (non-empty) tensor may exceed it
+            assert bucket_size(meta, bucket) <= cap or lone
+    assert len(plan_buckets(meta, 10_000)) == 1 and len(plan_buckets(meta, 1)) == len(meta) - 1  # "empty" joins
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        plan_buckets(meta, 0)
     with pytest.raises(ValueError, match="unknown dtype"):
-        unflatten_state(flat, [["a", "complex7", [3], 12], meta[1]])
+        plan_buckets([["a", "complex7", [3], 12]], 64)
     with pytest.raises(ValueError, match="do not fit shape"):
-        unflatten_state(flat, [["a", "float32", [4], 12], meta[1]])
-    with pytest.raises(ValueError, match="twice"):
-        unflatten_state(torch.cat([flat[:12], flat[:12]]), [meta[0], meta[0]])
-    with pytest.raises(ValueError, match="1-D uint8"):
-        unflatten_state(flat.float(), meta)
+        plan_buckets([["a", "float32", [4], 12]], 64)
     with pytest.raises(TypeError, match="not a str"):
-        flatten_state({"a": [1, 2]})
+        state_meta({"a": [1, 2]})
 
 
 def test_verify_checksum():
@@ -117,41 +113,72 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _receiver(port: int, meta: list, out: mp.Queue) -> None:
+def _receiver(port: int, meta: list, plan: list, out: mp.Queue) -> None:
     torch.set_num_threads(1)
     group = WeightGroup("127.0.0.1", port, 1, 2, timeout_s=60)
     try:
-        first = receive_state(group, meta)
-        second = receive_state(group, meta)
-        out.put((weights_checksum(first), weights_checksum(second)))
+        got = []
+        for _ in range(2):
+            try:
+                got.append(weights_checksum({n: t.clone() for n, t in receive_buckets(group, meta, plan)}))
+            except ValueError as e:
+                got.append(f"error: {e}")
+        out.put(tuple(got))
     finally:
         group.close()
 
 
-def test_weight_group_between_two_processes():
-    first, second = mixed_state(1), mixed_state(2)
-    flat1, meta = flatten_state(first)
-    flat2, meta2 = flatten_state(second)
-    assert meta == meta2
-    port = _free_port()
+def _serve(port: int, meta: list, plan: list, sends) -> tuple:
+    """Run ``sends(group)`` as rank 0 against a receiver process; returns what the receiver saw."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    child = ctx.Process(target=_receiver, args=(port, meta, out))
+    child = ctx.Process(target=_receiver, args=(port, meta, plan, out))
     child.start()
     try:
         group = WeightGroup("127.0.0.1", port, 0, 2, timeout_s=60)
         try:
-            send_state(group, flat1)
-            send_state(group, flat2)  # the group serves more than one broadcast
+            sends(group)
             got = out.get(timeout=60)
         finally:
             group.close()
         child.join(timeout=30)
         assert child.exitcode == 0
-        assert got == (weights_checksum(first), weights_checksum(second))
+        return got
     finally:
         if child.is_alive():
             child.kill()
+
+
+def test_bucketed_sends_between_two_processes():
+    first, second = mixed_state(1), mixed_state(2)
+    meta = state_meta(first)
+    assert meta == state_meta(second)
+    plan = plan_buckets(meta, 64)  # several buckets, some tensors alone
+    assert len(plan) > 3
+
+    def sends(group):
+        assert send_buckets(group, first, meta, plan) == sum(bucket_size(meta, b) for b in plan)
+        send_buckets(group, second, meta, plan)  # the group serves more than one broadcast
+
+    assert _serve(_free_port(), meta, plan, sends) == (weights_checksum(first), weights_checksum(second))
+
+
+def test_a_bucket_that_arrives_changed_is_refused():
+    """Every bucket is followed by its fingerprint: a receiver refuses one that does not match
+    (here the sender announces a wrong one) before handing any of its tensors on."""
+    state = mixed_state(1)
+    meta = state_meta(state)
+    plan = plan_buckets(meta, 10_000)
+
+    def sends(group):
+        buf = torch.zeros(bucket_size(meta, plan[0]), dtype=torch.uint8)
+        group.broadcast(buf, src=0)
+        group.broadcast(torch.tensor([12345], dtype=torch.int64), src=0)  # not the zeros' byte sum
+        send_buckets(group, state, meta, plan)  # the group still works afterwards
+
+    got = _serve(_free_port(), meta, plan, sends)
+    assert got[0] == "error: weights bucket 1/1 arrived changed (fingerprint 0, sent 12345)"
+    assert got[1] == weights_checksum(state)
 
 
 def test_weight_group_missing_peer_fails_within_timeout():
@@ -161,6 +188,8 @@ def test_weight_group_missing_peer_fails_within_timeout():
 
 
 def test_weight_group_roles_and_arguments():
+    with pytest.raises(ValueError, match="backend must be gloo or nccl"):
+        WeightGroup("127.0.0.1", 12345, 0, 2, backend="mpi")
     with pytest.raises(ValueError, match="world_size"):
         WeightGroup("127.0.0.1", 12345, 2, 2)
     with pytest.raises(ValueError, match="master_port"):

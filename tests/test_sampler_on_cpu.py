@@ -21,7 +21,7 @@ from agent.trajectory import Question, Step, Trajectory
 from core.config import AgentConfig, Config, EngineConfig, RankerConfig, RestConfig, SearchConfig
 from core.engine import Sample
 from core.errors import StaleWeights
-from learner.broadcast import WeightGroup, flatten_state, send_state, weights_checksum
+from learner.broadcast import WeightGroup, plan_buckets, send_buckets, state_meta, weights_checksum
 from rest.backends import build_engine
 from toyworld.build import build_world_data, load_questions
 from toyworld.graph import WorldSize
@@ -113,15 +113,17 @@ def _free_port() -> int:
 
 def test_collective_weights_are_received_verified_and_loaded(sampler):
     state = perturbed(sampler, 0.1)
-    flat, meta = flatten_state(state)
+    meta = state_meta(state)
+    plan = plan_buckets(meta, 4096)  # several buckets
+    assert len(plan) > 1
     port = _free_port()
     errors: list[BaseException] = []
 
     def learner_rank0():
         try:
             group = WeightGroup("127.0.0.1", port, 0, 2, timeout_s=60)
-            send_state(group, flat)
-            send_state(group, flat)
+            send_buckets(group, state, meta, plan)
+            send_buckets(group, state, meta, plan)
             group.close()
         except BaseException as e:  # surfaced by the assert below
             errors.append(e)
@@ -132,9 +134,9 @@ def test_collective_weights_are_received_verified_and_loaded(sampler):
         sampler.join_weight_group("127.0.0.1", port, 0, 2)
     sampler.join_weight_group("127.0.0.1", port, 1, 2)
     with pytest.raises(ValueError, match="checksum mismatch"):
-        sampler.receive_weights(2, "f" * 64, meta)
+        sampler.receive_weights(2, "f" * 64, meta, plan)
     assert sampler.version == 0
-    assert sampler.receive_weights(2, weights_checksum(state), meta) == weights_checksum(state)
+    assert sampler.receive_weights(2, weights_checksum(state), meta, plan) == weights_checksum(state)
     sender.join(timeout=60)
     sampler.leave_weight_group()
     assert not errors and sampler.version == 2
@@ -144,7 +146,7 @@ def test_collective_weights_are_received_verified_and_loaded(sampler):
 
 def test_receive_before_join_is_a_clear_error(sampler):
     with pytest.raises(RuntimeError, match="before join_weight_group"):
-        sampler.receive_weights(1, "x", [])
+        sampler.receive_weights(1, "x", [], [])
 
 
 def test_continue_with_ranker_refuses_the_oracle_and_builds_a_chooser(setup):

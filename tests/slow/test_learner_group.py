@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM
 from actors.engines.hf import HFEngine
 from agent.trajectory import Question
 from core.config import AgentConfig, Config, EngineConfig, LearnerConfig
-from learner.broadcast import WeightGroup, receive_state, verify_checksum, weights_checksum
+from learner.broadcast import WeightGroup, receive_buckets, verify_checksum, weights_checksum
 from learner.deepspeed_rank import unique_state
 from learner.group import LearnerGroup
 from toyworld.modelzoo import init_model, train_tokenizer
@@ -49,13 +49,14 @@ class EngineSampler:
         self.engine.load_weights(state, version)
         return checksum
 
-    def join_weight_group(self, master_addr: str, master_port: int, rank: int, world_size: int) -> None:
+    def join_weight_group(self, master_addr: str, master_port: int, rank: int, world_size: int,
+                          backend: str = "gloo") -> None:
         if self.group is not None:
             self.group.close()
-        self.group = WeightGroup(master_addr, master_port, rank, world_size, timeout_s=60)
+        self.group = WeightGroup(master_addr, master_port, rank, world_size, timeout_s=60, backend=backend)
 
-    def receive_weights(self, version: int, checksum: str, meta: list) -> str:
-        state = receive_state(self.group, meta)
+    def receive_weights(self, version: int, checksum: str, meta: list, plan: list) -> str:
+        state = {name: t.clone() for name, t in receive_buckets(self.group, meta, plan)}
         return self.load_weights(state, version, checksum)
 
     def greedy(self, prompts: list[str]) -> list[str]:
