@@ -29,7 +29,7 @@ import torch
 from core.config import LearnerConfig
 from learner.broadcast import WeightGroup, meta_nbytes, plan_buckets, send_buckets, state_meta, weights_checksum
 from learner.data import SFTExample, collate, make_batches, micro_batches, target_weight, tokenize_all
-from learner.trainer import lr_factor, save_atomic, sft_loss
+from learner.trainer import ADAM_BETAS, ADAM_EPS, lr_factor, save_atomic, sft_loss
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def ds_config(cfg: LearnerConfig) -> dict:
             "type": "AdamW",
             "params": {
                 "lr": cfg.lr,
-                "betas": [0.9, 0.95],
-                "eps": 1e-8,
+                "betas": list(ADAM_BETAS),
+                "eps": ADAM_EPS,
                 "weight_decay": cfg.weight_decay,
                 "torch_adam": True,  # the fused Adam would be compiled at run time
             },

@@ -29,6 +29,9 @@ from learner.data import IGNORE, SFTExample, collate, make_batches, tokenize_all
 
 log = logging.getLogger(__name__)
 
+#: AdamW's moments and epsilon, for this loop and the DeepSpeed ranks' (``learner.deepspeed_rank.ds_config``)
+ADAM_BETAS, ADAM_EPS = (0.9, 0.95), 1e-8
+
 #: architectures whose logits are exactly lm_head(last hidden state), so the loss may
 #: run the head only on the positions that carry a label (see ``sft_loss``)
 _PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3"})
@@ -94,12 +97,12 @@ class TrainConfig:
     """Sequences per optimizer step (used when batch_tokens is 0)."""
     batch_tokens: int = 0
     """If > 0, size batches by padded tokens (rows x longest row) instead of batch_size."""
-    warmup_steps: int = 20
-    """Steps of linear warmup from 0 to lr."""
+    warmup_steps: int = 10
+    """Steps of linear warmup from 0 to lr (the learner's default too: ``LearnerConfig``)."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     """Decay after warmup, down to 0 at the last step (constant: stay at lr)."""
-    weight_decay: float = 0.01
-    """AdamW decoupled weight decay on matrices (not on norms, biases)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay on matrices (not on norms, biases); 0 as in ``LearnerConfig``."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 = no clipping)."""
     seed: int = 0
@@ -197,7 +200,7 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     decay = [p for p in params if p.ndim >= 2]
     rest = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
 
 
 def save_atomic(
