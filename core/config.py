@@ -258,6 +258,10 @@ class RestConfig:
         False, "Each generation rolls out on its own share of the training questions (every "
         "generations-th one), never seen by the policy it fine-tunes; false: every generation uses them all."
     )
+    rename_examples: bool = _f(
+        False, "Toy world only: every fine-tune example under its own renaming of the world's name pools "
+        "(toyworld.rename, as the bases' data), so a fine-tune learns to copy names, not the training regions' facts."
+    )
     num_search_actors: int = _f(1, "SearchActor replicas the samplers share (sampler i uses actor i mod M).", min=1)
     search_num_cpus: float = _f(0.25, "CPUs reserved per search actor.", min=0.0)
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from actors.rankers.llm_judge import verdict_counters
 from agent.trajectory import Question, Trajectory
-from core.config import Config
+from core.config import Config, ConfigError
 from core.hub import resolve_model
 from core.io import read_jsonl, write_jsonl
 from core.run_dir import RunDir
@@ -52,6 +52,7 @@ from rest.evaluation import evaluate_model, trajectory_counters
 from rest.leakage import HeldOut
 from rest.metrics import RunMetrics
 from rest.workers import make_tasks
+from toyworld.rename import renamed
 
 #: losses averaged for the reported "final" learner loss
 LOSS_TAIL = 5
@@ -66,6 +67,8 @@ class ReSTLoop:
 
     def __init__(self, cfg: Config, run: RunDir, progress: bool = True):
         check_judge(cfg.eval)  # a judge the run cannot apply is a config error before any work
+        if cfg.rest.rename_examples and not cfg.world.dir:
+            raise ConfigError("rest.rename_examples: renames the toy world's name pools; set world.dir (a toy world)")
         self.cfg, self.run = cfg, run
         self.state = RunState.load(run.state)
         self.batch = GrowingBatch(run.batch)
@@ -235,7 +238,7 @@ class ReSTLoop:
         out = self.run.checkpoint("L", gen)
         if _is_checkpoint(out):  # saved before a crash, not yet marked: keep it
             return {"checkpoint": str(out), "kept": True}
-        examples, repeats = self.batch.training_examples(gen, self.cfg.rest.distinct_examples)
+        examples, repeats = self._training_examples(gen)
         if not examples:
             raise RunError(f"gen {gen} finetune: the growing batch has no examples (no sampled step parsed; "
                            f"see {self.run.trajectories(gen)})")
@@ -266,7 +269,7 @@ class ReSTLoop:
             if _is_checkpoint(ckpt):
                 out[name] = {"checkpoint": str(ckpt), "kept": True}
                 continue
-            examples, _ = self.batch.training_examples(gen, self.cfg.rest.distinct_examples)
+            examples, _ = self._training_examples(gen)
             fit = self.cluster.learner.fit(self._local(start), examples, str(ckpt), seed=self._seed(gen, f"fit-{name}"),
                                            name=name)
             self._fitted_policy = None
@@ -353,6 +356,14 @@ class ReSTLoop:
         """``model`` on ``datasets``, its questions split across eval sampler actors (``rest.evaluation``)."""
         with self._bar(sum(len(d.questions) for d in datasets), f"gen {gen} eval {model}") as bar:
             return evaluate_model(self.cluster, self.cfg, model, path, datasets, on_done=bar.update)
+
+    def _training_examples(self, gen: int) -> tuple[list, int]:
+        """What the fine-tunes of generation ``gen`` train on (``GrowingBatch.training_examples``), each example
+        under its own renaming with ``rest.rename_examples``; and how many repeats were left out."""
+        examples, repeats = self.batch.training_examples(gen, self.cfg.rest.distinct_examples)
+        if self.cfg.rest.rename_examples:
+            examples = list(renamed(examples, self._seed(gen, "rename")))
+        return examples, repeats
 
     def _fit_counters(self, fit) -> dict[str, Any]:
         tail = fit.losses[-LOSS_TAIL:]
