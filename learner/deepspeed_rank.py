@@ -27,7 +27,14 @@ from collections.abc import Sequence
 import torch
 
 from core.config import LearnerConfig
-from learner.broadcast import WeightGroup, meta_nbytes, plan_buckets, send_buckets, state_meta, weights_checksum
+from learner.broadcast import (
+    WeightGroup,
+    meta_nbytes,
+    plan_buckets,
+    send_buckets,
+    state_meta,
+    weights_checksum,
+)
 from learner.data import SFTExample, collate, make_batches, micro_batches, target_weight, tokenize_all
 from learner.trainer import ADAM_BETAS, ADAM_EPS, lr_factor, save_atomic, sft_loss
 

@@ -18,7 +18,14 @@ from typing import Any
 from agent.trajectory import Question, Trajectory
 from core.config import Config, SearchConfig
 from evals.datasets import Dataset
-from evals.qa import JUDGE_DETERMINISTIC, EvalResult, apply_llm_judge, bm25_info, http_info, score_trajectories
+from evals.qa import (
+    JUDGE_DETERMINISTIC,
+    EvalResult,
+    apply_llm_judge,
+    bm25_info,
+    http_info,
+    score_trajectories,
+)
 from rest.cluster import RunCluster
 from rest.workers import make_tasks
 
