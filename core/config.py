@@ -79,6 +79,11 @@ class EngineConfig:
     kv_cache_gib: float = _f(1.0, "vLLM on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).", min=0.1)
     enforce_eager: bool = _f(True, "vLLM: skip graph capture (faster start, fine for small models).")
 
+    def serving(self, model: str, backend: str) -> EngineConfig:
+        """These settings (dtype, batch, memory share, graphs) for another model, e.g. a judge's: its
+        model and backend, and nothing built at random."""
+        return dataclasses.replace(self, model=model, backend=backend, random_init="")
+
 
 @dataclass
 class SearchConfig:

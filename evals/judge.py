@@ -16,7 +16,6 @@ answer is incorrect without asking the judge (the prompt itself says so).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +105,8 @@ class CheckAnswerJudge:
         """The judge ``cfg.eval`` names; its engine is the policy's engine section with the judge's model."""
         check_llm_judge(cfg.eval)
         e = cfg.eval
-        engine = make_engine(dataclasses.replace(cfg.engine, backend=e.judge_backend, model=e.judge_model,
-                                                 random_init=""), revision=cfg.models.revisions.get(e.judge_model))
+        engine = make_engine(cfg.engine.serving(e.judge_model, e.judge_backend),
+                             revision=cfg.models.revisions.get(e.judge_model))
         return cls(engine, model=e.judge_model, runs=e.judge_runs, temperature=e.judge_temperature,
                    max_new_tokens=e.judge_max_new_tokens, seed=e.judge_seed)
 

@@ -40,7 +40,6 @@ from typing import Any
 
 import yaml
 
-from actors.rankers import judge_engine_config
 from core.config import Config, ConfigError, EngineConfig
 from core.hub import ModelUnavailable, is_local, resolve_model
 from evals.qa import check_judge
@@ -470,10 +469,9 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
         from_world.update(students.values())
     revisions = cfg.models.revisions
     infos = {ref: model_info(ref, revisions.get(ref)) for ref in dict.fromkeys([policy, *students.values()])}
-    judge = judge_engine_config(k, cfg.engine) if k.kind == "llm-judge" else None
+    judge = cfg.engine.serving(k.judge_model, k.judge_backend) if k.kind == "llm-judge" else None
     e = cfg.eval
-    eval_judge = replace(cfg.engine, backend=e.judge_backend, model=e.judge_model, random_init="") \
-        if e.judge == "llm" else None
+    eval_judge = cfg.engine.serving(e.judge_model, e.judge_backend) if e.judge == "llm" else None
     for j in (judge, eval_judge):
         if j is not None:
             infos.setdefault(j.model, model_info(j.model, revisions.get(j.model)))

@@ -15,7 +15,7 @@ import torch
 
 import prompts
 from actors.engines.hf import HFEngine
-from actors.rankers import Critic, LLMJudge, OracleRanker, RandomRanker, judge_engine_config, make_ranker
+from actors.rankers import Critic, LLMJudge, OracleRanker, RandomRanker, make_ranker
 from actors.rankers.actor import TrajectoryRanker
 from actors.rankers.base import StepContext, step_contexts
 from actors.rankers.critic import WEIGHTS, entities, names, weighted
@@ -365,7 +365,8 @@ def test_llm_judge_talks_in_the_chat_template_of_its_model(tmp_path):
 def test_judge_engine_takes_the_run_engine_settings():
     engine = EngineConfig(backend="hf", model="policy", dtype="bfloat16", max_batch=7, gpu_memory_utilization=0.4,
                           enforce_eager=False, random_init="tiny")
-    got = judge_engine_config(RankerConfig(kind="llm-judge", judge_model="org/judge", judge_backend="vllm"), engine)
+    ranker = RankerConfig(kind="llm-judge", judge_model="org/judge", judge_backend="vllm")
+    got = engine.serving(ranker.judge_model, ranker.judge_backend)
     assert (got.backend, got.model, got.dtype, got.max_batch, got.gpu_memory_utilization, got.enforce_eager,
             got.random_init) == ("vllm", "org/judge", "bfloat16", 7, 0.4, False, "")
 

@@ -9,7 +9,6 @@ trajectories as a Ray actor.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 
 from actors.engines import chat_format, make_engine
@@ -39,13 +38,9 @@ def make_ranker(cfg: RankerConfig, engine: Engine | None = None, revisions: Mapp
             if not cfg.judge_model:
                 raise ValueError("ranker.judge_model is empty: the llm-judge ranker needs a judge model")
             revision = (revisions or {}).get(cfg.judge_model)
-            engine = make_engine(judge_engine_config(cfg, engine_cfg or EngineConfig()), revision=revision)
+            engine_cfg = (engine_cfg or EngineConfig()).serving(cfg.judge_model, cfg.judge_backend)
+            engine = make_engine(engine_cfg, revision=revision)
             chat = chat_format(cfg.judge_model, revision)
         return LLMJudge(engine, max_new_tokens=cfg.judge_max_new_tokens, chat=chat, seed=cfg.seed)
     raise ValueError(f"ranker.kind: unknown ranker {cfg.kind!r} (known: critic, llm-judge, oracle, random)")
 
-
-def judge_engine_config(cfg: RankerConfig, engine: EngineConfig) -> EngineConfig:
-    """The llm-judge ranker's engine: the run's engine section (dtype, batch, memory share, graphs) with the
-    judge's backend and model (``rest.plan`` sizes it from these)."""
-    return dataclasses.replace(engine, backend=cfg.judge_backend, model=cfg.judge_model, random_init="")
