@@ -343,23 +343,32 @@ def test_llm_judge_shuffles_the_candidates_it_shows():
 def test_llm_judge_talks_in_the_chat_template_of_its_model(tmp_path):
     """A judge model with a chat template gets each prompt as a user turn (bos left to the engine);
     one without gets the raw prompt."""
+    from transformers import AutoTokenizer
+
     from actors.engines import chat_format
 
     d = tmp_path / "model"
     ensure_random_model(d, "tiny", ["x y z"] * 20, seed=0)
-    assert chat_format(str(d))("rank these") == "rank these"  # no template: a raw completion
+    assert chat_format(AutoTokenizer.from_pretrained(d))("rank these") == "rank these"  # no template: raw
+    assert chat_format(None)("rank these") == "rank these"  # an engine without a tokenizer
     config = json.loads((d / "tokenizer_config.json").read_text())
     config["chat_template"] = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n"
                                "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
     (d / "tokenizer_config.json").write_text(json.dumps(config))
     (d / "chat_template.jinja").unlink(missing_ok=True)
-    render = chat_format(str(d))
+    render = chat_format(AutoTokenizer.from_pretrained(d))
     assert render("rank these") == "<|user|>rank these\n<|assistant|>"
     engine = ScriptedJudge([prompts.format_ranking("e", 0, [0, 1])])
     judge = LLMJudge(engine, chat=render)
     step = mk_step("answer", '"a"', '"b"')
     judge.score(step, mk_ctx())
     assert engine.calls[0]["prompts"] == [render(judge_prompt(step, judge.order(step)))]
+    # make_ranker talks to an engine in the template of the tokenizer that engine loaded
+    engine = ScriptedJudge([prompts.format_ranking("e", 0, [0, 1])])
+    engine.tokenizer = AutoTokenizer.from_pretrained(d)
+    wired = make_ranker(RankerConfig(kind="llm-judge"), engine=engine)
+    wired.score(step, mk_ctx())
+    assert engine.calls[0]["prompts"] == [render(judge_prompt(step, wired.order(step)))]
 
 
 def test_judge_engine_takes_the_run_engine_settings():

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from transformers import AutoTokenizer
-
-from actors.engines.hf import HFEngine, check_model_dir
+from actors.engines.hf import HFEngine
 from actors.engines.vllm_engine import VLLMEngine
 from core.config import EngineConfig
 from core.engine import Engine
@@ -40,14 +38,13 @@ def make_engine(cfg: EngineConfig, revision: str | None = None) -> Engine:
     raise EngineError(f"engine.backend must be 'hf' or 'vllm', got {cfg.backend!r}")
 
 
-def chat_format(model: str, revision: str | None = None) -> Callable[[str], str]:
-    """How a prompt reaches ``model`` as one user turn: its tokenizer's chat template, ready for the
-    assistant's reply, or the prompt itself (a raw completion) when the tokenizer has no template.
+def chat_format(tokenizer) -> Callable[[str], str]:
+    """How a prompt reaches a model as one user turn: its ``tokenizer``'s chat template, ready for the
+    assistant's reply, or the prompt itself (a raw completion) when it has no template (or is None).
 
     The engines put the bos token before every prompt themselves, so a template's own leading bos
     is dropped rather than doubled.
     """
-    tokenizer = AutoTokenizer.from_pretrained(check_model_dir(model, revision))
     if not getattr(tokenizer, "chat_template", None):
         return lambda text: text
     bos = tokenizer.bos_token or ""

@@ -33,14 +33,13 @@ def make_ranker(cfg: RankerConfig, engine: Engine | None = None, revisions: Mapp
     if cfg.kind == "oracle":
         return OracleRanker()
     if cfg.kind == "llm-judge":
-        chat = None
         if engine is None:
             if not cfg.judge_model:
                 raise ValueError("ranker.judge_model is empty: the llm-judge ranker needs a judge model")
             revision = (revisions or {}).get(cfg.judge_model)
             engine_cfg = (engine_cfg or EngineConfig()).serving(cfg.judge_model, cfg.judge_backend)
             engine = make_engine(engine_cfg, revision=revision)
-            chat = chat_format(cfg.judge_model, revision)
+        chat = chat_format(getattr(engine, "tokenizer", None))  # the tokenizer the engine already loaded
         return LLMJudge(engine, max_new_tokens=cfg.judge_max_new_tokens, chat=chat, seed=cfg.seed)
     raise ValueError(f"ranker.kind: unknown ranker {cfg.kind!r} (known: critic, llm-judge, oracle, random)")
 
