@@ -172,7 +172,8 @@ def evaluate(
     """
     if (llm_judge is not None) != (eval_cfg.judge == "llm"):
         if llm_judge is None:
-            raise ConfigError(f"eval.judge=llm: no judge engine was given ({check_judge(eval_cfg)})")
+            check_judge(eval_cfg)  # a judge misconfigured is named first
+            raise ConfigError("eval.judge=llm: evaluate() was given no judge (llm_judge)")
         raise ConfigError(f"eval.judge: an LLM judge was given but eval.judge={eval_cfg.judge}")
     judge = check_judge(eval_cfg) if llm_judge is None else JUDGE_DETERMINISTIC  # the LLM judge relabels it
     questions = list(questions[: eval_cfg.limit] if eval_cfg.limit else questions)

@@ -65,11 +65,11 @@ def acc_ci(cell: dict[str, Any] | None, exact: bool = True) -> str:
     if not cell:
         return DASH
     lo, hi = cell["ci95"]
-    text = f"{100 * cell['accuracy']:.1f} [{100 * lo:.1f}\u2013{100 * hi:.1f}]"
-    if "judge_std" in cell:  # the LLM judge's mean over its runs: its spread, and exact match beside it
-        text = f"{100 * cell['accuracy']:.1f} \u00b1 {100 * cell['judge_std']:.1f} [{100 * lo:.1f}\u2013{100 * hi:.1f}]"
-        text += f" (EM {100 * cell['exact_match']:.1f})" if exact else ""
-    return text
+    if "judge_std" not in cell:
+        return f"{100 * cell['accuracy']:.1f} [{100 * lo:.1f}\u2013{100 * hi:.1f}]"
+    # the LLM judge's mean over its runs: its spread, and exact match beside it
+    em = f" (EM {100 * cell['exact_match']:.1f})" if exact else ""
+    return f"{100 * cell['accuracy']:.1f} \u00b1 {100 * cell['judge_std']:.1f} [{100 * lo:.1f}\u2013{100 * hi:.1f}]{em}"
 
 
 def img(plots: dict[str, bytes], name: str, alt: str) -> str:

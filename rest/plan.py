@@ -433,6 +433,8 @@ class Group:
     gpus: float
     memory: Memory | None  # None: no GPU, or an unknown model
     detail: str = ""
+    #: alive beside every eval pool (the eval judge), not one of the pools
+    beside_pools: bool = False
 
 
 @dataclass
@@ -514,13 +516,10 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
                             r.sampler_num_gpus, engine_memory(ref, replace(engine, model=ref), r.sampler_num_gpus),
                             ref))
     if eval_judge is not None:
-        groups.append(Group("eval", f"{EVAL_JUDGE} ({eval_judge.backend})", 1, e.judge_num_cpus, e.judge_num_gpus,
-                            engine_memory(eval_judge.model, eval_judge, e.judge_num_gpus), eval_judge.model))
+        groups.append(Group("eval", f"eval judge ({eval_judge.backend})", 1, e.judge_num_cpus, e.judge_num_gpus,
+                            engine_memory(eval_judge.model, eval_judge, e.judge_num_gpus), eval_judge.model,
+                            beside_pools=True))
     return _check(cfg, cluster, list(infos.values()), groups, gib, cluster_path)
-
-
-#: the name the eval phase's LLM Check_Answer judge goes by (alive beside every eval pool)
-EVAL_JUDGE = "eval judge"
 
 
 def _largest(groups: list[Group]) -> Group:
@@ -542,8 +541,8 @@ def _check(cfg: Config, cluster: ClusterSpec, models: list[ModelInfo], groups: l
                             f"another actor)")
 
     by = {p: [g for g in groups if g.phase == p] for p in ("rollout", "rank", "finetune", "distil", "eval")}
-    judges = [g for g in by["eval"] if g.name.startswith(EVAL_JUDGE)]  # beside every eval pool
-    by["eval"] = [g for g in by["eval"] if g not in judges]
+    judges = [g for g in by["eval"] if g.beside_pools]
+    by["eval"] = [g for g in by["eval"] if not g.beside_pools]
     held = by["rollout"] + by["rank"]
     need = least_resources(cfg)
     least = held + [_largest(by["finetune"])] + [_largest(by["eval"])] + judges  # one learner fit, one eval pool

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from learner.broadcast import WeightGroup, meta_nbytes, receive_buckets
+from learner.broadcast import WeightGroup, receive_buckets
 
 #: the tied output layer, and the embedding it shares its weights with
 LM_HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
@@ -30,8 +30,8 @@ class WeightReceiver:
         self.rr_leave_weight_group()
         self._rr_group = WeightGroup(master_addr, master_port, rank, world_size, timeout_s, backend)
 
-    def rr_receive_weights(self, meta: list, plan: list) -> int:
-        """Receive one broadcast and reload the model in place from it; returns the bytes received."""
+    def rr_receive_weights(self, meta: list, plan: list) -> None:
+        """Receive one broadcast and reload the model in place from it."""
         group = getattr(self, "_rr_group", None)
         if group is None:
             raise RuntimeError("vLLM worker: receive_weights before join_weight_group")
@@ -41,7 +41,6 @@ class WeightReceiver:
         if tied and LM_HEAD not in names:
             stream = _with_tied_head(stream)
         self.model_runner.reload_weights(weights_iterator=stream)
-        return meta_nbytes(meta)
 
     def rr_leave_weight_group(self) -> None:
         group, self._rr_group = getattr(self, "_rr_group", None), None
