@@ -31,6 +31,7 @@ import torch
 from actors.engines.hf import HFEngine
 from actors.engines.vllm_engine import VLLMEngine
 from benchmarks.common import row as summary_row
+from benchmarks.common import vllm_status
 from toyworld.modelzoo import count_params, init_model, train_tokenizer
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "hotpotqa_train_sample.jsonl"
@@ -100,21 +101,13 @@ def _vllm_worker(job: dict) -> dict:
     return {"vllm_tok_s": sum(s.n_tokens for row in out for s in row) / t, "vllm_start_s": t_start}
 
 
-def _vllm_status() -> str:
-    try:
-        import vllm  # noqa: F401
-    except ImportError as e:
-        return f"vllm unavailable ({str(e).splitlines()[0] if str(e) else 'ImportError'})"
-    return "available"
-
-
 def run(quick: bool = False) -> dict:
     """Measure and return the table as a dict (``sizes`` holds one row per model size)."""
     torch.set_num_threads(1)
     sizes, vllm_only = ["XS", "S", "L"], ([] if quick else ["M10"])
     vllm_sizes = ["L"] if quick else sizes + vllm_only
     n_prompts, n, max_new, max_batch = (16, 4, 16, 32) if quick else (64, 4, 32, 64)
-    vllm = _vllm_status()
+    vllm = vllm_status()
     prompts = _prompts(n_prompts)
     result: dict = {
         "setup": {

@@ -40,6 +40,7 @@ from benchmarks.common import (
     smoke_rest_config,
     smoke_rest_overrides,
     toy_models,
+    vllm_status,
 )
 from core.config import Config, EngineConfig, LearnerConfig, load_config
 from core.state import RunState
@@ -105,14 +106,6 @@ def transports(sizes: list[str], repeats: int, tmp: Path, backend: str = "hf") -
     return out
 
 
-def vllm_installed() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def real_generation(workdir: Path) -> dict:
     """One real ReST generation of the smoke config (see the module doc); its phase times and breakdown.
 
@@ -140,7 +133,8 @@ def run(quick: bool = False) -> dict:
     result: dict = {"samplers": SAMPLERS, "repeats": repeats}
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp, local_ray():
         result["sizes"] = transports(sizes, repeats, Path(tmp))
-        if vllm_installed():
+        result["vllm"] = vllm_status()  # why the vLLM rows are absent, if they are
+        if result["vllm"] == "available":
             result["vllm_sizes"] = transports([sizes[-1]], repeats, Path(tmp) / "vllm", backend="vllm")
         result["generation"] = gen = real_generation(Path(tmp) / "runs")
     summary = []

