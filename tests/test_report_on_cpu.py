@@ -287,3 +287,6 @@ def test_the_llm_judge_rankers_unusable_verdicts_and_ties_are_reported(tmp_path)
     assert report["generations"]["gen-1"]["rank"]["unparsed_rate"] == 0.125
     html = (run.root / "report.html").read_text()
     assert "<th>unusable verdicts</th>" in html and "12.5%" in html and "25.0%" in html
+    verdicts = html[html.index("<th>ties where samples differ</th>"):]
+    verdicts = verdicts[:verdicts.index("</table>")]  # the figures sit in that table's row, not elsewhere
+    assert [c for c in ("25.0%", ">8<", ">1<", ">0<", "12.5%") if c not in verdicts] == []
