@@ -147,7 +147,7 @@ class Sampler:
                 raise
             self.version = version
             return checksum
-        state = {name: t.clone() for name, t in receive_buckets(self._group, meta, plan)}
+        state = dict(receive_buckets(self._group, meta, plan))  # views into per-bucket buffers of their own
         return self.load_weights(state, version, checksum)
 
     def leave_weight_group(self) -> None:
