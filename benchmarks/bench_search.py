@@ -33,7 +33,7 @@ from benchmarks.load_search import compare as compare_under_load
 REPO = Path(__file__).resolve().parents[1]
 TOPK = 3
 HTTP_BATCH = 32
-LOAD_CLIENTS = 32
+LOAD_CLIENTS = 64
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -116,7 +116,7 @@ def run(quick: bool = False) -> dict:
     results["http_single_vs_direct_single"] = single["qps"] / results["single_qps"]
     results[f"http_batch{HTTP_BATCH}_vs_http_single"] = batch["qps"] / single["qps"]
 
-    per_client, rounds = (20, 1) if quick else (100, 3)
+    per_client, rounds = (20, 1) if quick else (157, 3)  # full: 10,048 requests per server and round
     under_load = compare_under_load(backend, queries, LOAD_CLIENTS, per_client, rounds)
     results["load"] = {"clients": LOAD_CLIENTS, "requests_per_client": per_client, "rounds": rounds, **under_load}
     new, old = under_load["fastapi"], under_load["stdlib"]

@@ -124,7 +124,7 @@ def summarize(result: dict) -> dict:
 
 
 def load(url: str, queries: Sequence[str], clients: int = 32, requests_per_client: int = 100, procs: int = 4,
-         timeout_s: float = 30.0, reconnect: bool = False) -> dict:
+         timeout_s: float = 30.0, reconnect: bool = False, expect: Mapping[str, list[str]] | None = None) -> dict:
     """``drive`` spread over ``procs`` client processes that start together; the merged ``summarize``."""
     procs = max(1, min(procs, clients))
     start_at = time.time() + 5.0  # every process imported and connected by then
@@ -135,7 +135,7 @@ def load(url: str, queries: Sequence[str], clients: int = 32, requests_per_clien
         first = sum(clients // procs + (i < clients % procs) for i in range(p)) * requests_per_client
         mine = list(queries[first:]) + list(queries[:first])  # each process its own stretch of queries
         spec = {"url": url, "queries": mine, "clients": share, "requests": requests_per_client,
-                "timeout_s": timeout_s, "start_at": start_at, "reconnect": reconnect}
+                "timeout_s": timeout_s, "start_at": start_at, "reconnect": reconnect, "expect": expect}
         spec_file = Path(tmp) / f"client-{p}.json"
         spec_file.write_text(json.dumps(spec))
         children.append(subprocess.Popen([sys.executable, "-m", "benchmarks.load_search", "--client", str(spec_file)],
@@ -157,7 +157,7 @@ def load(url: str, queries: Sequence[str], clients: int = 32, requests_per_clien
 def _client_main(spec_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     print(json.dumps(drive(spec["url"], spec["queries"], spec["clients"], spec["requests"], spec["timeout_s"],
-                           start_at=spec["start_at"], reconnect=spec["reconnect"])))
+                           start_at=spec["start_at"], reconnect=spec["reconnect"], expect=spec.get("expect"))))
 
 
 def compare(backend, queries: Sequence[str], clients: int, requests_per_client: int, rounds: int = 1,
