@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-vllm setup-browser run test test-slow bench lint clean
+.PHONY: setup setup-vllm setup-browser run test test-slow bench gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,13 @@ test-slow: setup setup-vllm setup-browser
 
 bench: setup
 	$(BIN)/rest-react bench
+
+# The GPU path on one device in minutes (benchmarks/gpu_check.py); skips with one line without CUDA.
+# On a GPU machine GPU_PYTHON names a Python holding CUDA torch, vllm, deepspeed and ray:
+# `make gpu-check GPU_PYTHON=python3` (then nothing is installed).
+GPU_PYTHON ?=
+gpu-check: $(if $(GPU_PYTHON),,setup)
+	$(or $(GPU_PYTHON),$(BIN)/python) -m benchmarks.gpu_check
 
 lint: setup
 	$(BIN)/ruff check .

@@ -33,7 +33,7 @@ from core.config import Config
 from core.engine import Engine
 from core.errors import StaleWeights, one_line
 from core.search import Passage, SearchBackend, SearchError
-from learner.broadcast import WeightGroup, receive_buckets, weights_checksum
+from learner.broadcast import WeightGroup, device_key, receive_buckets, weights_checksum
 from learner.selection import best_sample
 
 
@@ -128,6 +128,10 @@ class Sampler:
             self._group = self.engine
         else:
             self._group = WeightGroup(master_addr, master_port, rank, world_size, timeout, backend)
+
+    def device_key(self) -> str | None:
+        """The GPU this sampler's engine runs on (``learner.broadcast.device_key``), for the weight group's backend."""
+        return device_key()
 
     def receive_weights(self, version: int, checksum: str, meta: list, plan: list) -> str:
         """Receive rank 0's bucketed broadcast as policy ``version``; returns the checksum it was sent under.

@@ -10,7 +10,7 @@ Two transports share these helpers (``learner.group.LearnerGroup.broadcast``):
 * object store: learner rank 0 returns its state dict once (CPU tensors) and every
   sampler's ``load_weights`` gets the same object reference;
 * collective: learner rank 0 and the N receivers form a ``WeightGroup`` of N + 1
-  ranks (gloo on CPU, NCCL on GPU, the same code). Rank 0 packs the tensors, in
+  ranks (gloo on CPU, NCCL between distinct GPUs, the same code). Rank 0 packs the tensors, in
   ``plan_buckets`` order, into buckets of about ``bucket_bytes`` on its device and
   broadcasts them one after another, each followed by its byte-sum fingerprint;
   a receiver gets each bucket on its own device, checks the fingerprint, and hands
@@ -230,6 +230,24 @@ class WeightGroup:
             except RuntimeError:
                 pass  # a peer already gone: nothing left to shut down cleanly
         self._store = None
+
+
+def device_key() -> str | None:
+    """This Ray worker's GPU as ``node:gpu-ids``, or None where it holds no GPU."""
+    import ray
+
+    ids = ray.get_gpu_ids() if ray.is_initialized() else []
+    return f"{ray.get_runtime_context().get_node_id()}:{','.join(map(str, ids))}" if ids else None
+
+
+def group_backend(learner_backend: str, keys: list[str | None]) -> str:
+    """The weight group's backend for members on devices ``keys`` (rank 0's first): NCCL where the
+    learner trains over NCCL and every member holds a GPU no other member holds, gloo over host
+    buffers otherwise (NCCL cannot put two ranks of a group on one GPU, e.g. a sampler colocated
+    with learner rank 0; sharing CUDA memory there instead is issue 21's colocated mode)."""
+    if learner_backend == "nccl" and None not in keys and len(set(keys)) == len(keys):
+        return "nccl"
+    return "gloo"
 
 
 def _local_host(master_addr: str) -> str:

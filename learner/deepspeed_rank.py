@@ -29,6 +29,7 @@ import torch
 from core.config import LearnerConfig
 from learner.broadcast import (
     WeightGroup,
+    device_key,
     meta_nbytes,
     plan_buckets,
     send_buckets,
@@ -279,6 +280,8 @@ class LearnerRank:
         ]
         lengths = [len(t) for t in data]
         pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()  # the fit's peak: the model's load and every step
         model, zero_init = load_model(model_dir, cfg, config)
         attention = model.config._attn_implementation
         param_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -325,6 +328,7 @@ class LearnerRank:
             "attention": attention,
             "zero_init": zero_init,
             "dtype": param_dtype,
+            "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
         }
         meta = {
             "name": name,
@@ -382,6 +386,10 @@ class LearnerRank:
         meta = state_meta(self._require_weights())
         return {"checksum": self._checksum, "bytes": meta_nbytes(meta), "meta": meta,
                 "plan": plan_buckets(meta, bucket_bytes)}
+
+    def device_key(self) -> str | None:
+        """This rank's GPU (``learner.broadcast.device_key``), for the weight group's backend."""
+        return device_key()
 
     def weight_group_address(self) -> tuple[str, int]:
         """(address, free port) for the weight group's store, hosted by this rank."""

@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from core.config import LearnerConfig
 from core.errors import cause_line
+from learner.broadcast import group_backend
 from learner.data import SFTExample
 from learner.deepspeed_rank import LearnerRank
 
@@ -115,6 +116,8 @@ class LearnerGroup:
         self.cfg = cfg
         self.control_timeout_s = control_timeout_s
         self.backend = self._backend(cfg)
+        #: the weight group's backend once formed (``learner.broadcast.group_backend``)
+        self.weight_backend: str | None = None
         self.ranks: list = []
         self.broken: str | None = None
         self.last_fit: dict | None = None
@@ -300,13 +303,18 @@ class LearnerGroup:
         self._leave_weight_group()
         addr, port = self._rank0_call(self.ranks[0].weight_group_address.remote(), "weight_group_address")
         world = len(samplers) + 1
-        backend = "nccl" if self.backend == "nccl" else "gloo"  # GPU buffers where the learner trains on GPUs
+        names = ["learner rank 0", *(f"sampler {i}" for i in range(len(samplers)))]
+        calls = 1
+        backend = "gloo"
+        if self.backend == "nccl":  # GPU buffers, unless two members share a GPU
+            refs = [self.ranks[0].device_key.remote(), *(s.device_key.remote() for s in samplers)]
+            backend = group_backend(self.backend, wait_all(refs, names, self.control_timeout_s, "device query"))
+            calls += len(refs)
         refs = [self.ranks[0].join_weight_group.remote(addr, port, world, self.control_timeout_s, backend)]
         refs += [s.join_weight_group.remote(addr, port, i + 1, world, backend) for i, s in enumerate(samplers)]
-        names = ["learner rank 0", *(f"sampler {i}" for i in range(len(samplers)))]
         wait_all(refs, names, self.control_timeout_s, "weight group join")
-        self._weight_key = key
-        return 1 + len(refs)
+        self._weight_key, self.weight_backend = key, backend
+        return calls + len(refs)
 
     def _leave_weight_group(self) -> None:
         self._weight_key = None

