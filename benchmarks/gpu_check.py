@@ -28,9 +28,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
 import torch
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from actors.engines.vllm_engine import VLLMEngine
+from actors.sampler import SamplerActor
+from agent.trajectory import Question
+from core.config import AgentConfig, Config, EngineConfig, LearnerConfig
 from core.errors import cause_line
+from learner.data import SFTExample
+from learner.group import LearnerGroup
+from toyworld.modelzoo import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO / "data" / "hotpotqa_train_sample.jsonl"
@@ -55,10 +64,6 @@ SETTINGS = {
 def make_model(out: Path, device: str) -> tuple[Path, int]:
     """A randomly initialised Qwen2 of the ``device``'s shape with a tokenizer trained on HotpotQA
     questions, saved to ``out``; returns the dir and its parameter count."""
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    from toyworld.modelzoo import train_tokenizer
-
     shape = dict(SHAPES[device])
     with TEXT.open() as f:
         train_tokenizer([json.loads(line)["question"] for line in f], out, vocab_size=shape.pop("vocab"))
@@ -75,8 +80,6 @@ def make_model(out: Path, device: str) -> tuple[Path, int]:
 
 
 def _questions(n: int) -> list:
-    from agent.trajectory import Question
-
     with TEXT.open() as f:
         return [Question(f"q{i}", json.loads(line)["question"]) for i, line in zip(range(n), f, strict=False)]
 
@@ -87,13 +90,6 @@ def _texts(trajectories: list[dict]) -> list[list[str]]:
 
 def run_check(device: str, work: Path, say=print) -> dict:
     """Steps 1-5 on ``device`` ("gpu" or "cpu"); returns the figures. Raises ``CheckFailed`` on a failure."""
-    import ray
-
-    from actors.sampler import SamplerActor
-    from core.config import AgentConfig, Config, EngineConfig, LearnerConfig
-    from learner.data import SFTExample
-    from learner.group import LearnerGroup
-
     s = SETTINGS[device]
     figures: dict = {"device": torch.cuda.get_device_name(0) if device == "gpu" else "cpu"}
     t0 = time.perf_counter()
@@ -176,8 +172,6 @@ def run_check(device: str, work: Path, say=print) -> dict:
 
 def sleep_wake(model: Path, s: dict, say=print) -> dict:
     """One level-1 sleep/wake cycle of a vLLM engine on this GPU; its greedy output unchanged by it."""
-    from actors.engines.vllm_engine import VLLMEngine
-
     with VLLMEngine(model, dtype=s["dtype"], gpu_memory_utilization=s["memory"], sleep_mode=True) as engine:
         prompt = ["Who founded the company that makes the Model S?"]
         first = engine.generate(prompt, 1, 0.0, 32)

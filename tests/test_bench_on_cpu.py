@@ -17,6 +17,7 @@ from actors.sampler import RankedRunner
 from agent.trajectory import Question
 from benchmarks import run as bench_run
 from benchmarks.common import format_rows, parse_target, ratio, row
+from benchmarks.gpu_check import main as gpu_check
 from core.config import AgentConfig, RankerConfig
 from core.engine import Sample
 from rest.workers import MapProfile, PoolError, SamplerPool
@@ -166,7 +167,5 @@ def test_unknown_suite_is_refused_before_anything_runs(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_gpu_check_without_a_gpu_says_it_skipped_and_exits_0(capsys):
-    from benchmarks.gpu_check import main
-
-    assert main([]) == 0
+    assert gpu_check([]) == 0
     assert capsys.readouterr().out == "gpu-check: skipped: no CUDA device (torch.cuda.is_available() is False)\n"
