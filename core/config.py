@@ -108,6 +108,9 @@ class WorldConfig:
         1, "Torch intra-op threads of each base-training process; 1 and 2 round differently, as another CPU would.",
         min=1,
     )
+    arch: Literal["llama", "qwen2"] = _f(
+        "llama", "Architecture of the world's models as runs use them: llama (as trained) or qwen2 (the same "
+        "weights with zero q/k/v biases and a chat template, the GPU models' shape; made on first use).")
 
 
 @dataclass

@@ -45,6 +45,7 @@ from core.hub import ModelUnavailable, is_local, resolve_model
 from evals.qa import check_judge
 from learner.trainer import _PLAIN_HEAD_MODELS
 from rest.cluster import least_resources
+from toyworld.world import world_model
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp32": 4, "bf16": 2, "fp16": 2}
@@ -459,11 +460,12 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
     """
     check_judge(cfg.eval)  # a judge the run cannot build is refused here as by the run
     r, k, lr = cfg.rest, cfg.ranker, cfg.learner
-    world = f"{cfg.world.dir}/models" if cfg.world.dir else ""
-    policy = cfg.models.policy or cfg.engine.model or (f"{world}/L-warm" if world else "")
+    world = bool(cfg.world.dir)
+    policy = cfg.models.policy or cfg.engine.model or (str(world_model(cfg.world, "L-warm")) if world else "")
     if not policy:
         raise ConfigError(f"{cfg.source}: models.policy: required (or engine.model, or world.dir)")
-    students = dict(cfg.models.students) or ({s: f"{world}/{s}-base" for s in ("S", "XS")} if world else {})
+    students = dict(cfg.models.students) or (
+        {s: str(world_model(cfg.world, f"{s}-base")) for s in ("S", "XS")} if world else {})
     from_world = set()  # paths that depend on the toy world (not built here)
     if world and not (cfg.models.policy or cfg.engine.model):
         from_world.add(policy)

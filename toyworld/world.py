@@ -53,6 +53,7 @@ from toyworld.build import aux_seed, build_world_data, iter_corpus, load_questio
 from toyworld.demos import WorldFacts, demonstrate
 from toyworld.graph import WorldSize, make_world
 from toyworld.modelzoo import train_tokenizer
+from toyworld.qwen2 import as_qwen2
 from toyworld.rename import first_mentions, renamed
 from toyworld.render import render_world
 from toyworld.skills import SkillGate, probe_examples
@@ -482,13 +483,22 @@ def ensure_world(world_cfg: WorldConfig) -> Path:
         build_world(world_cfg.dir, world_cfg.seed, world_cfg.size, threads=world_cfg.threads)
     except ValueError as e:
         raise ConfigError(f"world: {e}") from None
+    if world_cfg.arch == "qwen2":
+        for name in ("L-warm", "S-base", "XS-base"):
+            as_qwen2(Path(world_cfg.dir) / "models" / name, world_model(world_cfg, name))
     return Path(world_cfg.dir)
+
+
+def world_model(world_cfg: WorldConfig, name: str) -> Path:
+    """Where runs find the world's model ``name`` (L-warm, S-base, XS-base) in ``world.arch``."""
+    models = Path(world_cfg.dir) / "models"
+    return models / "qwen2" / name if world_cfg.arch == "qwen2" else models / name
 
 
 def world_paths(cfg: Config) -> Config:
     """``cfg`` with its empty world-dependent paths filled from ``world.dir``; nothing is built.
 
-    engine.model empty -> ``<world>/models/L-warm``; search.corpus empty (bm25) ->
+    engine.model empty -> the world's L-warm (``world_model``); search.corpus empty (bm25) ->
     ``<world>/corpus.jsonl.gz``. Paths set explicitly are kept. Without world.dir the
     config is returned unchanged.
     """
@@ -499,7 +509,7 @@ def world_paths(cfg: Config) -> Config:
     world = Path(cfg.world.dir)
     cfg = dataclasses.replace(cfg)
     if need_model:
-        cfg.engine = dataclasses.replace(cfg.engine, model=str(world / "models" / "L-warm"))
+        cfg.engine = dataclasses.replace(cfg.engine, model=str(world_model(cfg.world, "L-warm")))
     if need_corpus:
         cfg.search = dataclasses.replace(cfg.search, corpus=str(world / "corpus.jsonl.gz"))
     return cfg

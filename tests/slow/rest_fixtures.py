@@ -13,6 +13,9 @@ import json
 import os
 import random
 import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,3 +72,21 @@ def free_port() -> int:
 
 def env() -> dict[str, str]:
     return {**os.environ, "RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def serve_search(corpus: Path, port: int, cache: Path) -> subprocess.Popen:
+    """``rest-react serve-search`` over ``corpus`` on ``port``, returned once it says it is serving."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rest", "serve-search", "--corpus", str(corpus), "--port", str(port),
+         "--cache-dir", str(cache)], cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(180, proc.kill)
+    watchdog.start()
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("serving"):
+                return proc
+    finally:
+        watchdog.cancel()
+    raise AssertionError("serve-search did not start: " + "".join(seen)[-2000:])

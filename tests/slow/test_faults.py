@@ -49,7 +49,7 @@ from rest.loop import ReSTLoop
 from rest.runs import open_run
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rest_fixtures import ROOT, SMOKE, WORLD, env, free_port, overrides  # noqa: E402
+from rest_fixtures import ROOT, SMOKE, WORLD, env, free_port, overrides, serve_search  # noqa: E402
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -235,23 +235,6 @@ def test_driver_sigkilled_in_every_phase_resumes_to_the_uninterrupted_result(clu
 # ------------------------------------------------------------------ the search server killed and restarted
 
 
-def _serve(corpus: Path, port: int, cache: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rest", "serve-search", "--corpus", str(corpus), "--port", str(port),
-         "--cache-dir", str(cache)], cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watchdog = threading.Timer(180, proc.kill)
-    watchdog.start()
-    seen = []
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith("serving"):
-                return proc
-    finally:
-        watchdog.cancel()
-    raise AssertionError("serve-search did not start: " + "".join(seen)[-2000:])
-
-
 def test_search_server_killed_then_restarted(tmp_path):
     from actors.search.actor import SharedSearch
     from actors.search.http import HttpSearch
@@ -262,7 +245,7 @@ def test_search_server_killed_then_restarted(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}/retrieve"
     queries = ["The Sleeping Moon author", "Selby"]
-    server = _serve(corpus, port, tmp_path / "bm25")
+    server = serve_search(corpus, port, tmp_path / "bm25")
     try:
         service = SharedSearch(SearchConfig(backend="http", url=url, timeout_s=2.0, retries=3))
         want = service.search(queries, 3)
@@ -277,7 +260,7 @@ def test_search_server_killed_then_restarted(tmp_path):
         assert str(err.value) == f"search server {url} unreachable after 3 tries: connection refused"
         assert service.backend.stats == {"requests": 2, "retries": 2, "gave_up": 1}
 
-        server = _serve(corpus, port, tmp_path / "bm25")  # the same client recovers on the next call
+        server = serve_search(corpus, port, tmp_path / "bm25")  # the same client recovers on the next call
         assert service.search(queries, 3) == want
 
         # killed again, restarted while a patient client is still retrying: that call succeeds
@@ -289,7 +272,7 @@ def test_search_server_killed_then_restarted(tmp_path):
         caller.start()
         time.sleep(1.0)
         assert caller.is_alive() and patient.stats["retries"] >= 1  # retrying against the dead port
-        server = _serve(corpus, port, tmp_path / "bm25")
+        server = serve_search(corpus, port, tmp_path / "bm25")
         caller.join(timeout=60)
         assert result.get("got") == want
         print(f"restart while retrying: recovered after {patient.stats['retries']} retries")
