@@ -59,7 +59,7 @@ class AgentConfig:
     self_checks: bool = _f(True, "Run the relevance and grounding self-checks after the answer.")
     max_new_tokens: int = _f(64, "Token cap for any one step's output.", min=1)
     max_episodes_in_flight: int = _f(64, "Episodes driven at once by one runner (the batch of each wave).", min=1)
-    seed: int = _f(0, "Base seed; each wave's sampling seed derives from it.")
+    seed: int = _f(0, "Base seed of sampling: each rollout task's and eval's sampling seed derives from it.")
 
 
 @dataclass
@@ -198,6 +198,8 @@ class LearnerConfig:
         "batch_size / (micro_batch_size x world_size) micro-batches accumulate into each step.", min=0,
     )
     max_len: int = _f(512, "Token cap of one example (prompt cut from the left).", min=16)
+    seed: int = _f(0, "Base seed of the fine-tunes (batch order; the renaming of rest.rename_examples): each "
+                   "fit's seed derives from it, the generation and the model.")
     warmup_steps: int = _f(10, "Linear warmup steps.", min=0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
     grad_clip: float = _f(1.0, "Gradient norm clip (0 = off).", min=0.0)

@@ -243,7 +243,7 @@ class ReSTLoop:
             raise RunError(f"gen {gen} finetune: the growing batch has no examples (no sampled step parsed; "
                            f"see {self.run.trajectories(gen)})")
         fit = self.cluster.learner.fit(self._local(self.cfg.models.policy), examples, str(out),
-                                       seed=self._seed(gen, "fit-L"), name="L")
+                                       seed=self._fit_seed(gen, "fit-L"), name="L")
         self._fitted_policy = gen
         return {**self._fit_counters(fit), "repeats_dropped": repeats}
 
@@ -270,7 +270,7 @@ class ReSTLoop:
                 out[name] = {"checkpoint": str(ckpt), "kept": True}
                 continue
             examples, _ = self._training_examples(gen)
-            fit = self.cluster.learner.fit(self._local(start), examples, str(ckpt), seed=self._seed(gen, f"fit-{name}"),
+            fit = self.cluster.learner.fit(self._local(start), examples, str(ckpt), seed=self._fit_seed(gen, f"fit-{name}"),
                                            name=name)
             self._fitted_policy = None
             out[name] = self._fit_counters(fit)
@@ -362,7 +362,7 @@ class ReSTLoop:
         under its own renaming with ``rest.rename_examples``; and how many repeats were left out."""
         examples, repeats = self.batch.training_examples(gen, self.cfg.rest.distinct_examples)
         if self.cfg.rest.rename_examples:
-            examples = list(renamed(examples, self._seed(gen, "rename")))
+            examples = list(renamed(examples, self._fit_seed(gen, "rename")))
         return examples, repeats
 
     def _fit_counters(self, fit) -> dict[str, Any]:
@@ -374,8 +374,12 @@ class ReSTLoop:
                 "tokens_per_s": round(fit.tokens_per_s, 1), "fit_seconds": round(fit.seconds, 2)}
 
     def _seed(self, gen: int, what: str) -> int:
-        """A seed that depends only on the config's seed, the generation and what it is for."""
+        """A sampling seed: it depends only on agent.seed, the generation and what it is for."""
         return purpose_seed(self.cfg.agent.seed, gen, what)
+
+    def _fit_seed(self, gen: int, what: str) -> int:
+        """A fine-tune's seed: it depends only on learner.seed, the generation and what it is for."""
+        return purpose_seed(self.cfg.learner.seed, gen, what)
 
     # ================================================================ terminal
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from core.config import SECTIONS, AgentConfig, Config, ConfigError, load_config
+from core.seeds import purpose_seed
+from rest.loop import ReSTLoop
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -116,3 +119,10 @@ def test_readme_reference_is_current():
 
     readme = (ROOT / "docs" / "configuration.md").read_text()
     assert readme_with_reference(readme) == readme, "run: python -m core.config --write-docs"
+
+
+def test_sampling_derives_from_agent_seed_and_fine_tunes_from_learner_seed():
+    loop = SimpleNamespace(cfg=load_config(None, ["agent.seed=3", "learner.seed=5"]))
+    assert ReSTLoop._seed(loop, 1, "rollout-0") == purpose_seed(3, 1, "rollout-0")
+    assert ReSTLoop._fit_seed(loop, 1, "fit-L") == purpose_seed(5, 1, "fit-L")
+    assert ReSTLoop._fit_seed(loop, 2, "rename") == purpose_seed(5, 2, "rename")
