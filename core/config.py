@@ -271,7 +271,7 @@ class RestConfig:
     rename_examples: bool = _f(
         False, "Toy world only: every fine-tune example under its own renaming of the world's name pools "
         "(toyworld.rename, as the bases' data), meant to keep a fine-tune from learning the training regions' "
-        "facts; measured at one world seed only (docs/sweeps.md)."
+        "facts; configs/toy.yaml sets it (measured at world seeds 3 and 5: docs/sweeps.md)."
     )
     num_search_actors: int = _f(1, "SearchActor replicas the samplers share (sampler i uses actor i mod M).", min=1)
     search_num_cpus: float = _f(0.25, "CPUs reserved per search actor.", min=0.0)
