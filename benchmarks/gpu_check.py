@@ -5,7 +5,8 @@ Every step goes through the project's own parts on a local Ray cluster:
 1. a Qwen2-architecture model (grouped-query attention, qkv biases, tied embeddings; about
    0.5B parameters on a GPU, 0.55M with ``--cpu``) and its tokenizer, made here;
 2. vLLM rollouts by a ``SamplerActor``: generated tokens/s;
-3. a fine-tune by a one-rank DeepSpeed learner (bf16 over NCCL on a GPU): tokens/s, peak memory;
+3. a fine-tune by a one-rank DeepSpeed learner (on a GPU as the GPU config's: ZeRO-3, bf16, gradient
+   checkpointing, NCCL): tokens/s, peak memory;
 4. the collective weight sync from learner rank 0 into the sampler's vLLM worker, twice (the
    second over the group the first formed): seconds per GB; afterwards the sampler's greedy
    rollouts must equal a fresh sampler's on the saved checkpoint;
@@ -51,13 +52,16 @@ SHAPES = {
     "cpu": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
                 num_key_value_heads=1, vocab=512),
 }
-#: per device: rollout questions and tokens, engine batch, fine-tune examples and batch, precision,
-#: bucket MiB, the GPU shares of sampler and learner rank, and vLLM's share of GPU memory
+#: per device: rollout questions and tokens, engine batch, fine-tune examples and batch, precision, ZeRO
+#: stage and gradient checkpointing (the GPU config's on a GPU), bucket MiB, the GPU shares of sampler
+#: and learner rank, and vLLM's share of GPU memory
 SETTINGS = {
     "gpu": dict(questions=512, max_new_tokens=128, max_batch=256, examples=1024, batch_size=16, dtype="bfloat16",
-                precision="bf16", bucket_mb=256, sampler_gpus=0.35, learner_gpus=0.5, memory=0.3),
+                precision="bf16", zero_stage=3, checkpointing=True, bucket_mb=256, sampler_gpus=0.35,
+                learner_gpus=0.5, memory=0.3),
     "cpu": dict(questions=3, max_new_tokens=16, max_batch=8, examples=12, batch_size=4, dtype="float32",
-                precision="fp32", bucket_mb=1, sampler_gpus=0.0, learner_gpus=0.0, memory=0.3),
+                precision="fp32", zero_stage=0, checkpointing=False, bucket_mb=1, sampler_gpus=0.0,
+                learner_gpus=0.0, memory=0.3),
 }
 
 
@@ -122,7 +126,8 @@ def run_check(device: str, work: Path, say=print) -> dict:
         say(f"rollout: {len(ids)} episodes, {tokens} tokens in {seconds:.2f} s: {tokens / seconds:,.0f} tokens/s")
 
         learner = LearnerGroup(LearnerConfig(
-            world_size=1, precision=s["precision"], num_gpus_per_rank=s["learner_gpus"], num_cpus_per_rank=1,
+            world_size=1, precision=s["precision"], zero_stage=s["zero_stage"], gradient_checkpointing=s["checkpointing"],
+            num_gpus_per_rank=s["learner_gpus"], num_cpus_per_rank=1,
             lr=1e-2 if device == "cpu" else 1e-4, epochs=8 if device == "cpu" else 1, batch_size=s["batch_size"],
             max_len=256, warmup_steps=0, bucket_mb=s["bucket_mb"], timeout_s=600), control_timeout_s=600)
         examples = [SFTExample(prompt=q.question, completion=' Search("the answer")\n') for q in questions]

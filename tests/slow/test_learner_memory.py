@@ -109,7 +109,7 @@ def test_bf16_zero3_builds_partitioned_and_saves_16bit(group, base, tmp_path):
     )
     assert group.last_fit["memory"] == {
         "micro_batch": 4, "accumulation": 4, "gradient_checkpointing": True,
-        "attention": "sdpa", "zero_init": True, "dtype": "bfloat16",
+        "attention": "sdpa", "zero_init": True, "dtype": "bfloat16", "peak_gpu_bytes": None,  # None: no GPU
     }
     assert group.last_fit["jit_ops"] == []
     assert {t.dtype for t in saved.values()} == {torch.bfloat16}
