@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from actors.search import HttpSearch
-from core.search import SearchError
+from actors.search.bm25 import BM25Search
+from benchmarks.load_search import load
+
+sys.path.insert(0, str(Path(__file__).parent))
+from rest_fixtures import free_port, serve_search  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -43,45 +47,21 @@ def test_smoke_episode_prints_a_complete_trace(tmp_path):
     assert (tmp_path / "smoke-model" / "model.safetensors").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served:
-    """``rest-react serve-search`` over CORPUS in its own process for a ``with`` block, as a user starts it."""
-
-    def __init__(self, cache: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/retrieve"
-        self.cache = cache
-
-    def __enter__(self) -> Served:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rest", "serve-search", "--corpus", str(CORPUS), "--port", str(self.port),
-             "--cache-dir", str(self.cache)],
-            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        client = HttpSearch(self.url, timeout_s=10, retries=3)
-        deadline = time.time() + 180
-        while True:
-            try:
-                client.search(["warmup"], 1)
-                return self
-            except SearchError:
-                assert self.proc.poll() is None, self.proc.stdout.read()
-                assert time.time() < deadline, "server did not come up"
-                time.sleep(1)
-
-    def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+@contextmanager
+def served(cache: Path) -> Iterator[str]:
+    """``rest-react serve-search`` over CORPUS in its own process, as a user starts it; yields its /retrieve URL."""
+    port = free_port()
+    proc = serve_search(CORPUS, port, cache)
+    try:
+        yield f"http://127.0.0.1:{port}/retrieve"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_serve_search_answers_1000_queries(tmp_path):
-    with Served(tmp_path / "bm25") as served:
-        client = HttpSearch(served.url, timeout_s=10, retries=3)
+    with served(tmp_path / "bm25") as url:
+        client = HttpSearch(url, timeout_s=10, retries=3)
         questions = [f"who founded company number {i} in the city" for i in range(1000)]
         answered = 0
         for q in questions:  # one request each, as an agent's search actor would send them
@@ -93,16 +73,12 @@ def test_serve_search_answers_1000_queries(tmp_path):
 def test_serve_search_holds_64_concurrent_clients_for_10000_requests(tmp_path):
     """64 clients in 4 processes, one query per request, no retries: every one of 10,048 requests
     answered with the passages the index itself ranks first; no connection error, no timeout."""
-    from actors.search.bm25 import BM25Search
-    from benchmarks.load_search import load
-
     words = ["Pluto", "honey bees", "Wheel of Fortune", "cybernetics", "Mario", "game show", "Nile", "Seville"]
     queries = [f"{words[i % 8]} {words[(3 * i + 1) % 8]} {i}" for i in range(64)]
-    with Served(tmp_path / "bm25") as served:
+    with served(tmp_path / "bm25") as url:
         expect = {q: [p.id for p in ps] for q, ps in zip(
             queries, BM25Search(CORPUS, tmp_path / "bm25").search(queries, 3), strict=True)}
-        result = load(served.url, queries, clients=64, requests_per_client=157, procs=4, expect=expect)
+        result = load(url, queries, clients=64, requests_per_client=157, procs=4, expect=expect)
     assert result["requests"] == 10_048
-    assert {k: result[k] for k in ("connection_errors", "timeouts", "http_errors", "mismatches")} == dict.fromkeys(
-        ("connection_errors", "timeouts", "http_errors", "mismatches"), 0), result
+    assert result["connection_errors"] == result["timeouts"] == result["http_errors"] == result["mismatches"] == 0, result
     assert result["ok"] == 10_048
