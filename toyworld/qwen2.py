@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from learner.trainer import save_atomic
+from toyworld.modelzoo import has_model
 
 #: the Qwen chat format (ChatML): what an instruct checkpoint's tokenizer carries
 CHATML = (
@@ -42,12 +43,12 @@ def qwen2_config(llama: dict):
 
 
 def as_qwen2(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """``src`` (a Llama model dir) rewritten as a Qwen2 model with a ChatML tokenizer in ``dst``,
-    unless ``dst`` already holds one. Written beside ``dst`` and renamed into place."""
+    """``src`` (a Llama model dir) rewritten as a Qwen2 model with a ChatML tokenizer in ``dst``
+    (``save_atomic``: all at once), unless ``dst`` already holds a model."""
     from transformers import AutoTokenizer, LlamaForCausalLM, Qwen2ForCausalLM
 
     src, dst = Path(src), Path(dst)
-    if (dst / "config.json").exists():
+    if has_model(dst):
         return dst
     config = qwen2_config(json.loads((src / "config.json").read_text()))
     llama = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32, use_safetensors=True)
@@ -61,16 +62,4 @@ def as_qwen2(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         raise ValueError(f"as_qwen2: {src} does not map onto Qwen2: missing {missing[:3]}, unexpected {unexpected[:3]}")
     tokenizer = AutoTokenizer.from_pretrained(src)
     tokenizer.chat_template = CHATML
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "modelzoo.json").write_text(json.dumps({"qwen2_of": str(src)}) + "\n")
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (dst / "config.json").exists():  # another process finished first
-            return dst
-        raise
-    return dst
+    return save_atomic(model, tokenizer, dst, meta={"converted_from": str(src), "architecture": "qwen2"})
