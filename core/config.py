@@ -112,6 +112,11 @@ class WorldConfig:
         "llama", "Architecture of the world's models as runs use them: llama (as trained) or qwen2 (the same "
         "weights with zero q/k/v biases and a chat template, the GPU models' shape; made on first use).")
 
+    def model_path(self, name: str) -> Path:
+        """Where runs find the world's model ``name`` (one of ``WORLD_MODELS``) in ``arch``."""
+        models = Path(self.dir) / "models"
+        return models / "qwen2" / name if self.arch == "qwen2" else models / name
+
 
 @dataclass
 class EvalConfig:
@@ -124,7 +129,8 @@ class EvalConfig:
         "deterministic", "deterministic: normalised exact match / F1 / containment; llm: Check_Answer judge."
     )
     judge_runs: int = _f(10, "LLM judge: runs averaged (paper: 10).", min=1)
-    judge_model: str = _f("", "LLM judge: the Check_Answer model's directory or hub id; required by judge=llm.")
+    judge_model: str = _f("", "LLM judge: the Check_Answer model's directory, hub id or world:NAME; required by "
+                          "judge=llm.", model_dir=True)
     judge_backend: Literal["hf", "vllm"] = _f("hf", "LLM judge: its engine (the engine section's other settings apply).")
     judge_temperature: float = _f(0.5, "LLM judge: sampling temperature, > 0 so the runs differ.", min=0.0)
     judge_max_new_tokens: int = _f(8, "LLM judge: token cap of a verdict (True or False).", min=1)
@@ -140,7 +146,8 @@ class ModelsConfig:
 
     policy: str = _f("", "L: the policy's starting checkpoint (empty: the toy world's L-warm).", model_dir=True)
     students: dict[str, str] = _f(
-        {}, "Student name -> starting checkpoint, e.g. {S: dir, XS: dir} (empty: the toy world's S/XS bases).",
+        {}, "Student name -> starting checkpoint, e.g. {S: dir, XS: world:XS-base} (empty: the toy world's S/XS "
+        "bases).",
         model_dir=True,
     )
     revisions: dict[str, str] = _f(
@@ -163,7 +170,7 @@ class RankerConfig:
     num_actors: int = _f(1, "RankerActor replicas.", min=1)
     num_cpus: float = _f(0.25, "CPUs reserved per ranker actor.", min=0.0)
     num_gpus: float = _f(0.0, "GPUs per ranker actor (llm-judge on GPU).", min=0.0)
-    judge_model: str = _f("", "llm-judge: the judge's model directory or hub id.")
+    judge_model: str = _f("", "llm-judge: the judge's model directory, hub id or world:NAME.", model_dir=True)
     judge_backend: Literal["hf", "vllm"] = _f("hf", "llm-judge: inference engine of the judge.")
     judge_max_new_tokens: int = _f(96, "llm-judge: token cap of the explanation + best + ranking.", min=8)
     seed: int = _f(0, "Seed of the random ranker, of tie-breaking and of the llm-judge's candidate order.")
@@ -374,6 +381,11 @@ def _reference_problem(meta: dict, value: Any, raw: dict) -> str | None:
     """
     items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
     for item in (v for v in items if isinstance(v, str) and v):
+        if meta.get("model_dir") and item.startswith(WORLD_REF):
+            problem = _world_ref_problem(item)  # the world may not be built yet: expanded after loading
+            if problem:
+                return problem
+            continue
         if meta.get("model_dir") and not raw.get("random_init"):
             local = item.startswith(("/", ".", "~")) or item.count("/") > 1 or item.endswith("/")
             if local and not Path(item).expanduser().exists():
@@ -470,6 +482,45 @@ def _apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
+#: the models a toy world provides, named in a config as ``world:NAME`` (e.g. ``world:S-base``)
+WORLD_MODELS = ("L-warm", "S-base", "XS-base")
+WORLD_REF = "world:"
+#: the config fields that name a model (a directory, a hub id, or a ``world:`` reference)
+MODEL_FIELDS = (("engine", "model"), ("models", "policy"), ("models", "students"),
+                ("ranker", "judge_model"), ("eval", "judge_model"))
+
+
+def _world_ref_problem(value: str) -> str | None:
+    name = value[len(WORLD_REF):]
+    if name not in WORLD_MODELS:
+        return f"unknown world model {value!r} (known: {', '.join(WORLD_REF + m for m in WORLD_MODELS)})"
+    return None
+
+
+def _expand_world_refs(cfg: Config) -> Config:
+    """``cfg`` with each ``world:NAME`` model reference replaced by that world model's path.
+
+    The reference lets a config name the toy world's models without knowing where ``world.dir``
+    and ``world.arch`` put them, and validates before the world is built.
+    """
+    def expand(where: str, value: str) -> str:
+        if not value.startswith(WORLD_REF):
+            return value
+        if not cfg.world.dir:
+            raise ConfigError(f"{cfg.source}: {where}: {value} needs world.dir (the world it names)")
+        return str(cfg.world.model_path(value[len(WORLD_REF):]))
+
+    for section, key in MODEL_FIELDS:
+        sec = getattr(cfg, section)
+        value = getattr(sec, key)
+        where = f"{section}.{key}"
+        new = ({k: expand(f"{where}.{k}", v) for k, v in value.items()} if isinstance(value, dict)
+               else expand(where, value))
+        if new != value:
+            setattr(cfg, section, dataclasses.replace(sec, **{key: new}))
+    return cfg
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
     """Load, override and validate a config file (``None`` = all defaults)."""
     source = str(path) if path else "<defaults>"
@@ -501,7 +552,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         if name not in SECTIONS:
             raise ConfigError(f"{source}: {name}: unknown section (known: {', '.join(SECTIONS)})")
         sections[name] = build_section(SECTIONS[name], value, name, source)
-    return Config(**sections, source=source)
+    return _expand_world_refs(Config(**sections, source=source))
 
 
 def reference_markdown() -> str:

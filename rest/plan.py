@@ -45,7 +45,6 @@ from core.hub import ModelUnavailable, is_local, resolve_model
 from evals.qa import check_judge
 from learner.trainer import _PLAIN_HEAD_MODELS
 from rest.cluster import least_resources
-from toyworld.world import world_model
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp32": 4, "bf16": 2, "fp16": 2}
@@ -461,16 +460,11 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
     check_judge(cfg.eval)  # a judge the run cannot build is refused here as by the run
     r, k, lr = cfg.rest, cfg.ranker, cfg.learner
     world = bool(cfg.world.dir)
-    policy = cfg.models.policy or cfg.engine.model or (str(world_model(cfg.world, "L-warm")) if world else "")
+    policy = cfg.models.policy or cfg.engine.model or (str(cfg.world.model_path("L-warm")) if world else "")
     if not policy:
         raise ConfigError(f"{cfg.source}: models.policy: required (or engine.model, or world.dir)")
     students = dict(cfg.models.students) or (
-        {s: str(world_model(cfg.world, f"{s}-base")) for s in ("S", "XS")} if world else {})
-    from_world = set()  # paths that depend on the toy world (not built here)
-    if world and not (cfg.models.policy or cfg.engine.model):
-        from_world.add(policy)
-    if world and not cfg.models.students:
-        from_world.update(students.values())
+        {s: str(cfg.world.model_path(f"{s}-base")) for s in ("S", "XS")} if world else {})
     revisions = cfg.models.revisions
     infos = {ref: model_info(ref, revisions.get(ref)) for ref in dict.fromkeys([policy, *students.values()])}
     judge = cfg.engine.serving(k.judge_model, k.judge_backend) if k.kind == "llm-judge" else None
@@ -482,6 +476,8 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
     if cfg.engine.random_init and cfg.engine.model in infos and infos[cfg.engine.model].arch is None:
         infos[cfg.engine.model] = replace(infos[cfg.engine.model], source=f"a random {cfg.engine.random_init!r} "
                                           f"model built on first use (engine.random_init)")
+    models_dir = Path(cfg.world.dir) / "models"
+    from_world = [ref for ref in infos if world and Path(ref).is_relative_to(models_dir)]  # not built here
     for ref in from_world:
         info = infos[ref]
         build = f"rest-react world --out {cfg.world.dir} --seed {cfg.world.seed} --size {cfg.world.size}"

@@ -22,7 +22,7 @@ from core.config import Config, ConfigError, load_config
 from core.hub import pin_revisions
 from core.io import write_atomic
 from core.run_dir import RunDir, remove_leftovers
-from toyworld.world import world_model, world_paths
+from toyworld.world import world_paths
 
 
 def resolve_config(cfg: Config) -> Config:
@@ -39,8 +39,8 @@ def resolve_config(cfg: Config) -> Config:
         raise ConfigError(f"{cfg.source}: models.policy: required (or engine.model, or world.dir)")
     students = dict(cfg.models.students)
     if not students and cfg.world.dir:
-        students = {s: str(world_model(cfg.world, f"{s}-base")) for s in ("S", "XS")
-                    if world_model(cfg.world, f"{s}-base").is_dir()}
+        students = {s: str(cfg.world.model_path(f"{s}-base")) for s in ("S", "XS")
+                    if cfg.world.model_path(f"{s}-base").is_dir()}
     cfg = dataclasses.replace(cfg)
     cfg.models = dataclasses.replace(cfg.models, policy=policy, students=students)
     cfg.engine = dataclasses.replace(cfg.engine, model=policy)

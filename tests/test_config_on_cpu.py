@@ -8,8 +8,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
-from core.config import SECTIONS, AgentConfig, Config, ConfigError, load_config
+from core.config import MODEL_FIELDS, SECTIONS, WORLD_REF, AgentConfig, Config, ConfigError, load_config
+from core.hub import is_local
 from core.seeds import purpose_seed
 from rest.loop import ReSTLoop
 
@@ -27,6 +29,29 @@ def test_shipped_configs_validate(path, monkeypatch):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
     assert set(cfg.to_dict()) == set(SECTIONS)
+
+
+def test_shipped_configs_name_models_a_fresh_clone_has():
+    """A shipped config names a hub id or a ``world:`` model, never a local path only a built world
+    or an earlier run makes (a fresh clone has none, and loading would fail there)."""
+    for path in CONFIGS:
+        raw = yaml.safe_load(path.read_text()) or {}
+        for section, key in MODEL_FIELDS:
+            sec = raw.get(section) or {}
+            value = sec.get(key) or ""
+            if sec.get("random_init"):
+                continue  # engine.model with random_init is made on first use
+            for ref in value.values() if isinstance(value, dict) else [value]:
+                assert not ref or ref.startswith(WORLD_REF) or not is_local(ref), f"{path.name}: {section}.{key}: {ref}"
+
+
+def test_world_references_follow_world_dir_and_arch():
+    sets = ["world.dir=w", "models.students={S: world:S-base}", "ranker.judge_model=world:L-warm"]
+    cfg = load_config(None, sets)
+    assert cfg.models.students == {"S": "w/models/S-base"} and cfg.ranker.judge_model == "w/models/L-warm"
+    cfg = load_config(None, [*sets, "world.arch=qwen2", "eval.judge_model=world:XS-base"])
+    assert cfg.models.students == {"S": "w/models/qwen2/S-base"}
+    assert cfg.eval.judge_model == "w/models/qwen2/XS-base"
 
 
 def test_defaults_and_overrides():
@@ -63,6 +88,9 @@ BAD = [
     ("engine:\n  max_batch: 0\n", "engine.max_batch", ">= 1"),
     ("engine:\n  gpu_memory_utilization: 1.5\n", "engine.gpu_memory_utilization", "<= 1.0"),
     ("search:\n  corpus: /no/such/corpus.jsonl\n", "search.corpus", "not found"),
+    ("models:\n  students: {S: world:Q-base}\nworld:\n  dir: w\n", "models.students", "unknown world model"),
+    ("ranker:\n  judge_model: world:L-warm\n", "ranker.judge_model", "needs world.dir"),
+    ("eval:\n  judge_model: ./no/such/judge\n", "eval.judge_model", "model directory not found"),
     ("search:\n  timeout_s: 0\n", "search.timeout_s", ">= 0.1"),
     ("search:\n  retries: many\n", "search.retries", "integer"),
     ("- just\n- a list\n", "", "mapping of sections"),

@@ -216,7 +216,7 @@ def test_cli_eval_refusals_are_one_line(tmp_path, capsys):
     model = str(tmp_path / "no-model")
     cases = [
         (["--dataset", str(bad), "--closed-book"], f"{bad}:3: malformed JSON"),
-        (["--dataset", "bamboogle", "--closed-book", "--judge-model", model], "eval.judge_model: not a model directory"),
+        (["--dataset", "bamboogle", "--closed-book", "--judge-model", model], "eval.judge_model: model directory not found"),
         (["--dataset", "bamboogle", "--closed-book", "--judge-model", str(tmp_path), "--set",
           "eval.judge_temperature=0"], "judge_temperature: 0 makes all 10 judge runs identical"),
     ]

@@ -11,7 +11,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from core.config import WorldConfig
 from toyworld.modelzoo import init_model, train_tokenizer
 from toyworld.qwen2 import as_qwen2
-from toyworld.world import world_model
 
 
 @pytest.fixture(scope="module")
@@ -49,5 +48,5 @@ def test_a_llama_with_biases_is_refused_in_one_line(llama, tmp_path):
 
 
 def test_world_model_follows_world_arch():
-    assert str(world_model(WorldConfig(dir="w"), "L-warm")) == "w/models/L-warm"
-    assert str(world_model(WorldConfig(dir="w", arch="qwen2"), "S-base")) == "w/models/qwen2/S-base"
+    assert str(WorldConfig(dir="w").model_path("L-warm")) == "w/models/L-warm"
+    assert str(WorldConfig(dir="w", arch="qwen2").model_path("S-base")) == "w/models/qwen2/S-base"

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actors.engines.hf import HFEngine
-from core.config import AgentConfig, Config, ConfigError, EvalConfig, WorldConfig
+from core.config import WORLD_MODELS, AgentConfig, Config, ConfigError, EvalConfig, WorldConfig
 from evals.datasets import WORLD_JSON, load_dataset, read_world
 from evals.qa import evaluate
 from learner.data import LMText, SFTExample
@@ -484,21 +484,15 @@ def ensure_world(world_cfg: WorldConfig) -> Path:
     except ValueError as e:
         raise ConfigError(f"world: {e}") from None
     if world_cfg.arch == "qwen2":
-        for name in ("L-warm", "S-base", "XS-base"):
-            as_qwen2(Path(world_cfg.dir) / "models" / name, world_model(world_cfg, name))
+        for name in WORLD_MODELS:
+            as_qwen2(Path(world_cfg.dir) / "models" / name, world_cfg.model_path(name))
     return Path(world_cfg.dir)
-
-
-def world_model(world_cfg: WorldConfig, name: str) -> Path:
-    """Where runs find the world's model ``name`` (L-warm, S-base, XS-base) in ``world.arch``."""
-    models = Path(world_cfg.dir) / "models"
-    return models / "qwen2" / name if world_cfg.arch == "qwen2" else models / name
 
 
 def world_paths(cfg: Config) -> Config:
     """``cfg`` with its empty world-dependent paths filled from ``world.dir``; nothing is built.
 
-    engine.model empty -> the world's L-warm (``world_model``); search.corpus empty (bm25) ->
+    engine.model empty -> the world's L-warm (``WorldConfig.model_path``); search.corpus empty (bm25) ->
     ``<world>/corpus.jsonl.gz``. Paths set explicitly are kept. Without world.dir the
     config is returned unchanged.
     """
@@ -509,7 +503,7 @@ def world_paths(cfg: Config) -> Config:
     world = Path(cfg.world.dir)
     cfg = dataclasses.replace(cfg)
     if need_model:
-        cfg.engine = dataclasses.replace(cfg.engine, model=str(world_model(cfg.world, "L-warm")))
+        cfg.engine = dataclasses.replace(cfg.engine, model=str(cfg.world.model_path("L-warm")))
     if need_corpus:
         cfg.search = dataclasses.replace(cfg.search, corpus=str(world / "corpus.jsonl.gz"))
     return cfg
