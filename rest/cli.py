@@ -385,8 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: 1)")
     p.add_argument("--name", help="sweep name (default: <config name>-sweep)")
     p.add_argument("--runs-dir", default="runs", help="where run dirs and the sweep folder live (default: runs)")
-    p.add_argument("--isa", choices=("native", "avx2"), help="force the runs onto another CPU's kernels "
-                   "(another rounding; 1 and 2 threads give the toy models identical weights); one per sweep "
+    p.add_argument("--isa", choices=("native", "avx2", "generic"), help="force the runs onto another CPU's kernels "
+                   "(another rounding; 1 and 2 threads give the toy models identical weights; generic: ATen "
+                   "without SIMD, another rounding on any x86 CPU); one per sweep "
                    "(default: native, or what the sweep ran with)")
     p.add_argument("--table-only", action="store_true", help="only rewrite the table from the runs there are")
     p.set_defaults(func=cmd_sweep)

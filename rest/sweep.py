@@ -15,9 +15,10 @@ warm / gen-k accuracy of XS, S and L on the first eval dataset, each target of
 ``evals.targets`` met or not, the run's wall seconds; then the mean ± sd over the
 finished runs and, per target, how many runs met it.
 
-``--isa avx2`` forces every run of the sweep onto AVX2 kernels (``ISA_ENV``): another
-rounding, as another CPU would give (1 and 2 threads give the toy models identical
-weights); its worlds are ``worlds/toy-S-tT-avx2``.
+``--isa avx2`` (or ``generic``) forces every run of the sweep onto AVX2 (or ATen's
+non-SIMD) kernels (``ISA_ENV``): another rounding, as another CPU would give (1 and 2
+threads give the toy models identical weights); its worlds are ``worlds/toy-S-tT-avx2``.
+An ISA that is this CPU's own is refused: it would measure the native rounding twice.
 
 Resumable: a run whose report.json shows every generation done is skipped, a run dir
 that exists unfinished is continued with ``rest-react run --resume``. A failing run is
@@ -55,9 +56,11 @@ Decision = Literal["new", "resume", "done"]
 
 #: kernel sets a sweep can force on its runs (``--isa``): the way to build under another CPU's rounding.
 #: 1 and 2 torch threads give the toy models bit-identical weights (docs/world-build.md); these do not.
+#: generic is ATen's kernels without explicit SIMD: another rounding on any x86 CPU, AVX2 ones included.
 ISA_ENV: dict[str, dict[str, str]] = {
     "native": {},
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "generic": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
 }
 
 
@@ -168,6 +171,16 @@ def last_error(log_text: str) -> str:
 # ---------------------------------------------------------------- the machine
 
 
+def native_capability() -> str:
+    """torch's CPU capability in this process: the kernels it dispatches to, which set the rounding."""
+    try:
+        import torch
+
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (ImportError, AttributeError, RuntimeError):
+        return "unknown"
+
+
 def machine(isa: str = "native") -> dict[str, str]:
     """This CPU's model name and torch's CPU capability (the kernels it dispatches to: they set the rounding);
     with a forced ``isa`` the capability the runs get, marked as forced."""
@@ -179,12 +192,7 @@ def machine(isa: str = "native") -> dict[str, str]:
                 break
     except OSError:
         pass
-    try:
-        import torch
-
-        capability = str(torch.backends.cpu.get_cpu_capability())
-    except (ImportError, AttributeError, RuntimeError):
-        capability = "unknown"
+    capability = native_capability()
     if isa != "native":
         capability = f"{isa.upper()} (forced: {' '.join(f'{k}={v}' for k, v in ISA_ENV[isa].items())})"
     return {"cpu": cpu or platform.processor() or "unknown", "torch_cpu_capability": capability,
@@ -443,5 +451,11 @@ def validate(config: str, points: list[Point], overrides: list[str], isa: str = 
     check_overrides(overrides)
     if isa not in ISA_ENV:
         raise ConfigError(f"--isa: one of {', '.join(ISA_ENV)}, got {isa!r}")
+    native = native_capability()
+    if isa != "native" and ISA_ENV[isa]["ATEN_CPU_CAPABILITY"].upper() == native.upper():
+        others = ", ".join(i for i, env in ISA_ENV.items() if i != "native" and
+                           env["ATEN_CPU_CAPABILITY"].upper() != native.upper())
+        raise ConfigError(f"--isa {isa}: this CPU's own kernels ({native}), the native rounding again; "
+                          f"another rounding here: --isa {others}")
     for p in points:
         load_config(config, [*p.overrides(isa), *overrides])

@@ -223,20 +223,24 @@ def test_launch_logs_the_output_and_finds_the_error_line(tmp_path):
     assert text.count("=== ") == 2 and "[rest] gen 1 rollout ..." in text and "error: boom" in text
 
 
-def test_a_forced_isa_reaches_the_runs_kernels_and_names_its_own_worlds(tmp_path):
-    """--isa avx2: the runs' torch dispatches AVX2 kernels (another rounding), their worlds are apart, and a
-    sweep keeps the ISA it started with."""
+def test_a_forced_isa_reaches_the_runs_kernels_and_names_its_own_worlds(tmp_path, monkeypatch):
+    """--isa avx2 / generic: the runs' torch dispatches those kernels (another rounding), their worlds are
+    apart, a sweep keeps the ISA it started with, and the CPU's own ISA is refused (no other rounding)."""
     p = Point(3, 1)
     cmd = run_command("configs/toy.yaml", p, "sw-s3-t1", "runs", [], "new", "avx2")
     assert "world.dir=worlds/toy-3-t1-avx2" in cmd and "world.dir=worlds/toy-3-t1" in run_command(
         "configs/toy.yaml", p, "sw-s3-t1", "runs", [], "new")
     log = tmp_path / "isa.log"
     script = "import torch; print(torch.backends.cpu.get_cpu_capability())"
-    rc, line, _ = Sweep._launch(Sweep.__new__(Sweep), [sys.executable, "-c", script], log, ISA_ENV["avx2"])
-    assert (rc, line) == (0, "AVX2")
-    validate(TOY, [p], [], "avx2")
-    with pytest.raises(ConfigError, match="--isa: one of native, avx2"):
+    rc, line, _ = Sweep._launch(Sweep.__new__(Sweep), [sys.executable, "-c", script], log, ISA_ENV["generic"])
+    assert (rc, line) == (0, "DEFAULT")
+    validate(TOY, [p], [], "generic")
+    with pytest.raises(ConfigError, match="--isa: one of native, avx2, generic"):
         validate(TOY, [p], [], "sse9")
+    monkeypatch.setattr("rest.sweep.native_capability", lambda: "AVX2")  # as on an AVX2 CPU
+    with pytest.raises(ConfigError, match=r"--isa avx2: this CPU's own kernels \(AVX2\).*--isa generic"):
+        validate(TOY, [p], [], "avx2")
+    monkeypatch.undo()
     sweep = Sweep(str(tmp_path / "runs"), "sw", TOY, [], isa="avx2")
     assert sweep.table()["isa"] == "avx2" and "forced" in sweep.machine["torch_cpu_capability"]
     with pytest.raises(ConfigError, match="ran with --isa avx2"):
