@@ -50,7 +50,7 @@ test: setup
 	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS) tests
 
 test-slow: setup setup-vllm setup-browser
-	$(BIN)/python -m pytest -m slow -q $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -m slow -q --durations=20 $(PYTEST_ARGS) tests
 
 bench: setup
 	$(BIN)/rest-react bench
