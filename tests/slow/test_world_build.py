@@ -159,7 +159,9 @@ def test_a_base_below_its_skill_gate_stops_the_build_with_one_line(tmp_path, mon
     from toyworld import world as w
     from toyworld.skills import SkillGate, SkillGateError
 
-    gated = dataclasses.replace(w.RECIPES["tiny"], gates={"L": SkillGate(copy=1.0)}, check_every=20,
+    tiny = w.RECIPES["tiny"]
+    only_l = {part: {"L": getattr(tiny, part)["L"]} for part in ("train", "drills", "finish")}  # S, XS not built
+    gated = dataclasses.replace(tiny, **only_l, gates={"L": SkillGate(copy=1.0)}, check_every=40,
                                 extend={"L": TrainConfig(max_steps=10, lr=1e-4, batch_size=32, warmup_steps=1)},
                                 max_extensions=2)
     monkeypatch.setitem(w.RECIPES, "tiny-gated", gated)
