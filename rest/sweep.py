@@ -17,7 +17,7 @@ finished runs and, per target, how many runs met it.
 
 ``--isa avx2`` (or ``generic``) forces every run of the sweep onto AVX2 (or ATen's
 non-SIMD) kernels (``ISA_ENV``): another rounding, as another CPU would give (1 and 2
-threads give the toy models identical weights); its worlds are ``worlds/toy-S-tT-avx2``.
+threads give the toy models identical weights); its worlds are ``worlds/toy-S-tT-ISA``.
 An ISA that is this CPU's own is refused: it would measure the native rounding twice.
 
 Resumable: a run whose report.json shows every generation done is skipped, a run dir
