@@ -65,6 +65,8 @@ class TrajectoryRanker:
         now = self.stats()
         out = {k: v - self._taken.get(k, 0) if isinstance(v, int) else v for k, v in now.items()}
         self._taken = {k: v for k, v in now.items() if isinstance(v, int)}
+        if not out.get("fallback_unparseable"):  # the latest unparsed verdict is an earlier phase's
+            out.pop("last_unparsed", None)
         return out
 
     def _gold_of(self, question_id: str) -> dict | None:
