@@ -520,6 +520,22 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
     return _check(cfg, cluster, list(infos.values()), groups, gib, cluster_path)
 
 
+def _gpus_at_work(by: dict[str, list[Group]], evals: list[Group], judges: list[Group], held: float) -> list[str]:
+    """Per phase, the GPUs its working actors reserve against the ``held`` GPUs the run needs (every
+    group, one learner fit, one eval pool; ``evals`` are the pools side by side, largest first, so the
+    eval phase holds the extra ones too). The samplers and rankers keep their GPUs between their phases,
+    so the rest of the held GPUs wait."""
+    if held <= 0:
+        return []
+    gpus = lambda gs: sum(g.count * g.gpus for g in gs)  # noqa: E731
+    one_fit = lambda gs: max((g.count * g.gpus for g in gs), default=0.0)  # noqa: E731
+    at_work = {"rollout": gpus(by["rollout"]), "rank": gpus(by["rank"]), "finetune": one_fit(by["finetune"]),
+               "distil": one_fit(by["distil"]), "eval": gpus(evals) + gpus(judges)}
+    holds = {name: held + (gpus(evals[1:]) if name == "eval" else 0.0) for name in at_work}
+    return ["GPUs at work per phase, of those the run holds then:"] + [
+        f"  {name:9s} {n:4g} of {holds[name]:g} ({100 * n / holds[name]:.0f}%)" for name, n in at_work.items()]
+
+
 def _largest(groups: list[Group]) -> Group:
     return max(groups, key=lambda g: g.memory.total if g.memory else 0.0)
 
@@ -565,6 +581,7 @@ def _check(cfg: Config, cluster: ClusterSpec, models: list[ModelInfo], groups: l
         "rollout": by["rollout"], "rank": held, "finetune": held + by["finetune"],
         "distil": held + ([_largest(by["distil"])] if by["distil"] else []), "eval": held + evals + judges,
     }
+    out.lines += _gpus_at_work(by, evals, judges, need["GPU"])
     totals = {name: sum(g.count * g.memory.total for g in gs if g.memory) for name, gs in phases.items()}
     if any(totals.values()):
         out.lines.append("GPU memory in use per phase (an engine stays loaded from its first phase to the end of "

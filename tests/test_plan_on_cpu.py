@@ -65,6 +65,11 @@ def test_gpu_config_fits_cluster_yaml(capsys):
     judge = next(line for line in out.splitlines() if line.startswith("eval      eval judge (vllm)"))
     assert "   1     2   0.5  18.0 GiB = weights (bfloat16) 14.2" in judge  # the L model as Check_Answer judge
     assert "held at once (every group, one eval pool): 38 CPUs, 7 GPUs" in out
+    # 2 samplers x 0.5 GPU roll out while the 7 GPUs are held; the eval phase holds a second pool
+    at_work = out.split("GPUs at work per phase, of those the run holds then:\n")[1].splitlines()[:5]
+    assert [line.split() for line in at_work] == [
+        ["rollout", "1", "of", "7", "(14%)"], ["rank", "0.5", "of", "7", "(7%)"], ["finetune", "4", "of", "7", "(57%)"],
+        ["distil", "4", "of", "7", "(57%)"], ["eval", "2.5", "of", "8", "(31%)"]]
     assert "peak: " in out and "peak on one GPU: " in out
     assert "fits: " in out and "at min_workers (2 nodes)" in out
     import ray
@@ -143,6 +148,7 @@ def test_toy_config_builds_no_world(tmp_path, capsys):
     assert not world.exists()
     assert f"{world}/models/L-warm: size unknown (world-dependent" in out
     assert "0 GPUs" in out and "fits: the config's own resource counts" in out
+    assert "GPUs at work" not in out  # nothing to say without GPUs
 
 
 # ------------------------------------------------------------ the estimates
