@@ -61,8 +61,7 @@ class Sampler:
             if q.id in self.questions:
                 raise ValueError(f"sampler: question id {q.id!r} appears twice")
             self.questions[q.id] = q
-        engine_cfg = dataclasses.replace(cfg.engine, model=model or cfg.models.policy or cfg.engine.model)
-        self.engine: Engine = make_engine(engine_cfg, revision=cfg.models.revisions.get(engine_cfg.model))
+        self.engine: Engine = self._make_engine(model or cfg.models.policy or cfg.engine.model)
         self.version = 0
         self.ranker: StepRanker | None = None
         if cfg.rest.continue_with == "ranker":
@@ -98,6 +97,25 @@ class Sampler:
         self.rollout_seconds += time.perf_counter() - start
         self.rollout_cpu_seconds += time.process_time() - cpu
         return out
+
+    def _make_engine(self, model: str) -> Engine:
+        engine_cfg = dataclasses.replace(self.cfg.engine, model=model)
+        return make_engine(engine_cfg, revision=self.cfg.models.revisions.get(model))
+
+    def use_model(self, model: str) -> int:
+        """Hold ``model`` from now on, at policy version 0 (an eval pool moving on to its next model: a
+        new engine costs far less than a new actor, whose worker imports torch before it loads anything).
+
+        The old engine is closed first, so two never share the memory; if the new one fails to load, the
+        sampler refuses work (version -1) and its pool replaces it.
+        """
+        if self._group is not None:
+            raise RuntimeError(f"sampler {self.replica}: use_model inside a weight group")
+        self.engine.close()
+        self.version = -1
+        self.engine = self.runner.engine = self._make_engine(model)
+        self.version = 0
+        return self.version
 
     # ------------------------------------------------------------ weights
 

@@ -63,3 +63,7 @@ class Engine(Protocol):
     def load_weights(self, state: Mapping[str, torch.Tensor], version: int) -> None:
         """Replace the weights in place and set ``version``."""
         ...
+
+    def close(self) -> None:
+        """Release what the engine holds beyond Python memory (an engine process, files); safe twice."""
+        ...

@@ -1,19 +1,24 @@
 """The driver's evaluation: a model's questions on eval sampler actors, scored into the ``EvalResult``
 that ``rest-react eval`` writes.
 
-The driver evaluates on actors (questions split across short-lived samplers holding
-the checkpoint), so ``evals.qa.evaluate``, which runs its own engine, does not fit;
-this module does the scoring half of it with the same metrics and the same record
+The driver evaluates on actors (questions split across eval samplers that one eval phase
+starts once and moves from checkpoint to checkpoint, ``EvalPools``), so ``evals.qa.evaluate``,
+which runs its own engine, does not fit; this module does the scoring half of it with the same metrics and the same record
 shape, so ``score.json`` / ``predictions.jsonl`` mean the same thing everywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayError
 
 from agent.trajectory import Question, Trajectory
 from core.config import Config, SearchConfig
@@ -27,7 +32,7 @@ from evals.qa import (
     score_trajectories,
 )
 from rest.cluster import RunCluster
-from rest.workers import make_tasks
+from rest.workers import SamplerPool, make_tasks
 
 
 def search_info(cfg: SearchConfig) -> dict[str, Any]:
@@ -72,20 +77,100 @@ def eval_config(cfg: Config) -> Config:
     return out
 
 
-def evaluate_model(cluster: RunCluster, cfg: Config, model: str, path: str, datasets: Sequence[Dataset],
-                   on_done: Callable[[int], None] = lambda n: None) -> list[EvalResult]:
-    """``model`` (its checkpoint at ``path``) on ``datasets``: the questions split into tasks across a
-    short-lived pool of eval samplers (greedy, searching the whole corpus), one result per dataset,
-    scored by exact match and, with ``eval.judge=llm``, re-scored by the run's Check_Answer judge."""
+def eval_questions(datasets: Sequence[Dataset]) -> list[Question]:
+    """Every question of ``datasets``, its id prefixed by its dataset's name (ids are unique per dataset only)."""
+    return [Question(id=f"{d.name}::{q.id}", question=q.question) for d in datasets for q in d.questions]
+
+
+class _ModelPool:
+    """One eval sampler pool and the checkpoint its replicas hold (a replacement starts holding it too)."""
+
+    def __init__(self, cluster: RunCluster, cfg: Config, questions: Sequence[Question], path: str, label: str,
+                 size: int):
+        self.path = path
+        self.pool = cluster.eval_pool(cfg, questions, lambda: self.path, label, size)
+        self.timeout_s = cfg.rest.call_timeout_s
+
+    def switch(self, path: str) -> None:
+        """Every replica holds ``path`` (``Sampler.use_model``); one that fails to is replaced by a fresh one."""
+        if path == self.path:
+            return
+        self.path = path
+        refs = [actor.use_model.remote(path) for actor in self.pool.actors]
+        for slot, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=self.timeout_s)
+            except (RayError, GetTimeoutError):
+                self.pool.replace(slot)
+
+
+class EvalPools:
+    """The eval sampler pools of one eval phase, lent to its models in turn.
+
+    A replica's start (a Ray worker importing torch and transformers before it loads a model)
+    costs more than evaluating a small model; so a phase starts at most ``count`` pools of
+    ``size`` once, and each model borrows one, moves its replicas to its checkpoint and hands it
+    back. A pool whose model failed is shut down rather than lent again.
+    """
+
+    def __init__(self, cluster: RunCluster, cfg: Config, questions: Sequence[Question], size: int):
+        self.cluster, self.cfg, self.questions, self.size = cluster, cfg, list(questions), size
+        self._free: list[_ModelPool] = []
+        self._all: list[_ModelPool] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def borrow(self, path: str) -> Iterator[SamplerPool]:
+        """A pool whose replicas hold ``path``: a free one switched to it, else a new one."""
+        with self._lock:
+            lent = next((p for p in self._free if p.path == path), self._free[0] if self._free else None)
+            if lent is not None:
+                self._free.remove(lent)
+        if lent is None:
+            lent = _ModelPool(self.cluster, self.cfg, self.questions, path, "eval", self.size)
+            with self._lock:
+                self._all.append(lent)
+        try:
+            lent.switch(path)
+            yield lent.pool
+        except BaseException:
+            lent.pool.shutdown()
+            raise
+        with self._lock:
+            self._free.append(lent)
+
+    def close(self) -> None:
+        """Shut every pool down (safe twice)."""
+        with self._lock:
+            pools, self._all, self._free = self._all, [], []
+        for lent in pools:
+            lent.pool.shutdown()
+
+    def __enter__(self) -> EvalPools:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def eval_pool_size(cfg: Config, datasets: Sequence[Dataset]) -> int:
+    """Replicas per eval pool: the rollout's sampler count, fewer when the questions make fewer tasks."""
     run_cfg = eval_config(cfg)
-    questions = [Question(id=f"{d.name}::{q.id}", question=q.question) for d in datasets for q in d.questions]
+    tasks = -(-sum(len(d.questions) for d in datasets) // run_cfg.rest.questions_per_task)
+    return max(1, min(run_cfg.rest.num_samplers, tasks))
+
+
+def evaluate_model(pools: EvalPools, cluster: RunCluster, cfg: Config, model: str, path: str,
+                   datasets: Sequence[Dataset], on_done: Callable[[int], None] = lambda n: None) -> list[EvalResult]:
+    """``model`` (its checkpoint at ``path``) on ``datasets``: the questions split into tasks across one of
+    the phase's eval pools (greedy, searching the whole corpus), one result per dataset, scored by exact
+    match and, with ``eval.judge=llm``, re-scored by the run's Check_Answer judge."""
+    run_cfg = eval_config(cfg)
+    questions = eval_questions(datasets)
     tasks = make_tasks([q.id for q in questions], run_cfg.rest.questions_per_task, lambda i: run_cfg.agent.seed)
     t0 = time.perf_counter()
-    pool = cluster.eval_pool(run_cfg, questions, path, f"eval-{model}", len(tasks))
-    try:
+    with pools.borrow(path) as pool:
         trajectories = pool.map(tasks, 0, 1, on_result=lambda _t, out: on_done(len(out)))
-    finally:
-        pool.shutdown()
     seconds = time.perf_counter() - t0
     results = []
     for d in datasets:

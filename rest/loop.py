@@ -48,7 +48,7 @@ from evals.targets import warm_start_warning, world_warning
 from learner.selection import apply_scores, clears, tied
 from rest.batch import GrowingBatch, step_records
 from rest.cluster import RunCluster
-from rest.evaluation import evaluate_model, trajectory_counters
+from rest.evaluation import EvalPools, eval_pool_size, eval_questions, evaluate_model, trajectory_counters
 from rest.leakage import HeldOut
 from rest.metrics import RunMetrics
 from rest.workers import make_tasks
@@ -277,14 +277,15 @@ class ReSTLoop:
         return {"students": out}
 
     def evaluate(self, gen: int) -> dict[str, Any]:
-        """Every model of generation ``gen`` on every eval dataset, on short-lived sampler actors (and,
+        """Every model of generation ``gen`` on every eval dataset, on eval sampler pools the phase starts once (and,
         with ``eval.judge=llm``, re-scored by the Check_Answer judge on its own actor)."""
         datasets = self.eval_sets
         todo = {model: [d for d in datasets if not (self.run.eval_dir(gen, model, d.name) / "score.json").is_file()]
                 for model in self.models_at(gen)}
+        pools = EvalPools(self.cluster, self.cfg, eval_questions(datasets), eval_pool_size(self.cfg, datasets))
         try:
-            with ThreadPoolExecutor(max_workers=self.cluster.eval_concurrency(len(todo))) as threads:
-                futures = [threads.submit(self._evaluate_model, gen, model, self.models_at(gen)[model], sets)
+            with pools, ThreadPoolExecutor(max_workers=self.cluster.eval_concurrency(len(todo))) as threads:
+                futures = [threads.submit(self._evaluate_model, pools, gen, model, self.models_at(gen)[model], sets)
                            for model, sets in todo.items() if sets]
                 for future in futures:
                     for result in future.result():
@@ -352,10 +353,10 @@ class ReSTLoop:
         """Model name -> checkpoint of generation ``gen`` (0: the starting checkpoints)."""
         return self.run.models_at(self.cfg, gen)
 
-    def _evaluate_model(self, gen: int, model: str, path: str, datasets: list[Dataset]) -> list:
-        """``model`` on ``datasets``, its questions split across eval sampler actors (``rest.evaluation``)."""
+    def _evaluate_model(self, pools: EvalPools, gen: int, model: str, path: str, datasets: list[Dataset]) -> list:
+        """``model`` on ``datasets``, its questions split across one of the phase's eval pools (``rest.evaluation``)."""
         with self._bar(sum(len(d.questions) for d in datasets), f"gen {gen} eval {model}") as bar:
-            return evaluate_model(self.cluster, self.cfg, model, path, datasets, on_done=bar.update)
+            return evaluate_model(pools, self.cluster, self.cfg, model, path, datasets, on_done=bar.update)
 
     def _training_examples(self, gen: int) -> tuple[list, int]:
         """What the fine-tunes of generation ``gen`` train on (``GrowingBatch.training_examples``), each example

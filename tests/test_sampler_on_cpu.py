@@ -144,6 +144,27 @@ def test_collective_weights_are_received_verified_and_loaded(sampler):
     assert all(torch.equal(own[k], v) for k, v in state.items())
 
 
+def test_use_model_swaps_the_checkpoint_in_place_and_a_failed_one_refuses_work(setup, tmp_path):
+    cfg, questions, search = setup
+    ids = [q.id for q in questions[:2]]
+    s = Sampler(cfg, questions, search)
+    base = texts(s.rollout(ids, 0, 1, seed=3))
+    other = tmp_path / "other"
+    s.engine.model.load_state_dict(perturbed(s), strict=False)
+    s.engine.model.save_pretrained(other)
+    s.engine.tokenizer.save_pretrained(other)
+    s.load_weights(perturbed(s, 0.0), 2, weights_checksum(perturbed(s, 0.0)))  # some version > 0 to reset
+    assert s.use_model(str(other)) == 0 and s.version == 0
+    fresh = texts(Sampler(cfg, questions, search, model=str(other)).rollout(ids, 0, 1, seed=3))
+    assert texts(s.rollout(ids, 0, 1, seed=3)) == fresh != base
+    s.use_model(cfg.engine.model)  # and back: the outputs of the first checkpoint again
+    assert texts(s.rollout(ids, 0, 1, seed=3)) == base
+    with pytest.raises(Exception, match="missing"):
+        s.use_model(str(tmp_path / "missing"))
+    with pytest.raises(StaleWeights, match="holds weights v-1"):  # its pool replaces it
+        s.rollout(ids, 0, 1, seed=3)
+
+
 def test_receive_before_join_is_a_clear_error(sampler):
     with pytest.raises(RuntimeError, match="before join_weight_group"):
         sampler.receive_weights(1, "x", [], [])
