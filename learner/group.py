@@ -157,7 +157,10 @@ class LearnerGroup:
             [self.ranks[0].rendezvous.remote()], ["learner rank 0"], self.control_timeout_s, "learner start"
         )[0]
         self.ranks += [self._make_rank(i) for i in range(1, self.cfg.world_size)]
-        refs = [r.init_distributed.remote(addr, port, self.backend, self.cfg.timeout_s) for r in self.ranks]
+        # the process group's timeout bounds its rendezvous as well as its collectives: a short fit timeout
+        # must not fail a start whose ranks come up a few seconds apart (the fit's own wait bounds the fit)
+        pg_timeout = max(self.cfg.timeout_s, self.control_timeout_s)
+        refs = [r.init_distributed.remote(addr, port, self.backend, pg_timeout) for r in self.ranks]
         wait_all(refs, self._names(), self.control_timeout_s, "learner init_distributed")
         log.info("learner group up: %d ranks, %s, master %s:%d", len(self.ranks), self.backend, addr, port)
 

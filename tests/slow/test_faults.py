@@ -128,6 +128,21 @@ def wait_for_free_cpus(total: float, timeout_s: float = 60.0) -> float:
 # ------------------------------------------------------------------ sampler and learner rank killed
 
 
+def kill_when_fitting(group, rank: int, killed: dict) -> None:
+    """Kill learner ``rank`` right after the group's first fit has gone out to its ranks (its 30 epochs
+    are seconds of work still ahead), recording when in ``killed["rank"]``."""
+    start_fit = group.async_fit
+
+    def start_then_kill(*args, **kwargs):
+        refs = start_fit(*args, **kwargs)
+        if "rank" not in killed:
+            ray.kill(group.ranks[rank], no_restart=True)
+            killed["rank"] = time.monotonic()
+        return refs
+
+    group.async_fit = start_then_kill
+
+
 def test_sampler_then_learner_rank_killed_the_run_resumes_to_the_uninterrupted_result(cluster, runs, reference):
     run, cfg = open_run(runs, "ranks", load_config(SMOKE, _overrides()), resume=False)
     loop = ReSTLoop(cfg, run, progress=False)
@@ -143,12 +158,10 @@ def test_sampler_then_learner_rank_killed_the_run_resumes_to_the_uninterrupted_r
                 ray.kill(pool.actors[slot], no_restart=True)
                 killed["sampler"] = slot
             time.sleep(0.02)
-        while time.monotonic() < deadline:  # then learner rank 1, once the group is fitting L
+        while time.monotonic() < deadline:  # then learner rank 1, as soon as the fit of L has gone out to it
             group = loop.cluster.started("learner")  # started with the rollout's other groups
-            if group is not None and len(group.ranks) == 2 and loop.state.is_done(1, "store"):
-                time.sleep(0.5)  # the fit of L follows the store phase at once and runs ~30 steps
-                ray.kill(group.ranks[1], no_restart=True)
-                killed["rank"] = time.monotonic()
+            if group is not None and len(group.ranks) == 2:
+                kill_when_fitting(group, 1, killed)
                 return
             time.sleep(0.02)
 
