@@ -40,8 +40,9 @@ def test_world_json_is_complete(world):
     assert set(record["models"]) == set(SIZES)
     params = [record["models"][s]["params"] for s in SIZES]
     assert params == sorted(params) and params[0] > 0
-    assert set(record["evals"]) == {"XS-base", "S-base", "L-base", "L-warm-closed-book", "L-warm-dev"}
-    assert record["evals"]["L-warm-dev"]["split"] == "dev" and record["evals"]["L-base"]["split"] == "test"
+    assert set(record["evals"]) == {"XS-base", "S-base", "L-base", "L-warm-closed-book"}
+    assert {s: record["evals"][f"{s}-base"]["split"] for s in SIZES} == dict.fromkeys(SIZES, "dev")
+    assert record["evals"]["L-warm-closed-book"]["split"] == "test"
     for ev in record["evals"].values():
         assert ev["n"] == 10 and 0.0 <= ev["accuracy"] <= 1.0 and 0.0 <= ev["parse_rate"] <= 1.0
         lo, hi = ev["ci95"]
