@@ -287,8 +287,7 @@ class RunCluster:
 
         A CPU pool's replicas already share the cores every actor of the run shares (the embedded
         cluster declares more CPUs than it has), so a second pool only adds replica starts, the
-        larger part of evaluating a small model: the smoke run's eval phase took 40 s with a pool
-        per model and 12.7 s with one (3 models, 2 cores, AMD EPYC AVX2). Pools start their actors
+        larger part of evaluating a small model (docs/performance.md). Pools start their actors
         one by one, so two pools sharing too few GPUs could each wait for the other's; whole pools
         only never deadlock.
         """

@@ -451,7 +451,7 @@ def evaluate_bases(root: Path, sizes: list[str], recipe: Recipe, cache: Path) ->
     Returns ``{"<size>-base": {...}, "L-warm-closed-book": {...}}`` with accuracy, its Wilson
     95% CI, the share of sampled steps that parsed and the end reasons. Dev is the split a
     recipe may be set by (test never is); the bases' test scores are a run's gen-0 eval, which
-    would only repeat them here (about 4 of a build's minutes on 2 cores). Closed book is the
+    would only repeat them here (docs/world-build.md). Closed book is the
     leakage check of the target world's test questions, so it is measured on them.
     """
     import multiprocessing as mp
