@@ -110,11 +110,13 @@ class EvalPools:
     A replica's start (a Ray worker importing torch and transformers before it loads a model)
     costs more than evaluating a small model; so a phase starts at most ``count`` pools of
     ``size`` once, and each model borrows one, moves its replicas to its checkpoint and hands it
-    back. A pool whose model failed is shut down rather than lent again.
+    back. A pool whose model failed is shut down rather than lent again. ``cfg`` is the run's
+    config; the pools run it as ``eval_config`` makes it.
     """
 
     def __init__(self, cluster: RunCluster, cfg: Config, questions: Sequence[Question], size: int):
-        self.cluster, self.cfg, self.questions, self.size = cluster, cfg, list(questions), size
+        # the samplers run the eval settings (greedy, eval.k_samples), not the rollout's
+        self.cluster, self.cfg, self.questions, self.size = cluster, eval_config(cfg), list(questions), size
         self._free: list[_ModelPool] = []
         self._all: list[_ModelPool] = []
         self._lock = threading.Lock()

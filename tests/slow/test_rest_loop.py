@@ -57,6 +57,9 @@ def _check_complete(run, report: dict, models=MODELS) -> None:
         assert (ckpt / "config.json").is_file() and list(ckpt.glob("*.safetensors")), ckpt
     assert {(r["gen"], r["model"]) for r in report["evals"]} == {(g, m) for g in (0, 1) for m in models}
     assert all(r["dataset"] == "toy-test" and r["n"] == 4 and 0 <= r["accuracy"] <= 1 for r in report["evals"])
+    for score in run.root.glob("evals/gen-*/*/toy-test/score.json"):  # eval settings: one greedy sample per step
+        stats = json.loads(score.read_text())["runner_stats"]
+        assert stats["samples"] == stats["llm_steps"] > 0, (score, stats)
     assert set(report["timings"]["gen-1"]) == set(PHASES) - {"report"}  # written by the report phase itself
     lines = [json.loads(x) for x in run.metrics.read_text().splitlines()]
     assert [(x["gen"], x["phase"]) for x in lines] == [(0, "eval"), (0, "report")] + [(1, p) for p in PHASES]
