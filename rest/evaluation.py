@@ -3,8 +3,8 @@ that ``rest-react eval`` writes.
 
 The driver evaluates on actors (questions split across eval samplers that one eval phase
 starts once and moves from checkpoint to checkpoint, ``EvalPools``), so ``evals.qa.evaluate``,
-which runs its own engine, does not fit; this module does the scoring half of it with the same metrics and the same record
-shape, so ``score.json`` / ``predictions.jsonl`` mean the same thing everywhere.
+which runs its own engine, does not fit; this module does the scoring half of it with the same
+metrics and the same record shape, so ``score.json`` / ``predictions.jsonl`` mean the same thing everywhere.
 """
 
 from __future__ import annotations
@@ -85,10 +85,9 @@ def eval_questions(datasets: Sequence[Dataset]) -> list[Question]:
 class _ModelPool:
     """One eval sampler pool and the checkpoint its replicas hold (a replacement starts holding it too)."""
 
-    def __init__(self, cluster: RunCluster, cfg: Config, questions: Sequence[Question], path: str, label: str,
-                 size: int):
+    def __init__(self, cluster: RunCluster, cfg: Config, questions: Sequence[Question], path: str, size: int):
         self.path = path
-        self.pool = cluster.eval_pool(cfg, questions, lambda: self.path, label, size)
+        self.pool = cluster.eval_pool(cfg, questions, lambda: self.path, "eval", size)
         self.timeout_s = cfg.rest.call_timeout_s
 
     def switch(self, path: str) -> None:
@@ -105,18 +104,20 @@ class _ModelPool:
 
 
 class EvalPools:
-    """The eval sampler pools of one eval phase, lent to its models in turn.
+    """The eval sampler pools of one eval phase over ``datasets``, lent to its models in turn.
 
     A replica's start (a Ray worker importing torch and transformers before it loads a model)
-    costs more than evaluating a small model; so a phase starts at most ``count`` pools of
-    ``size`` once, and each model borrows one, moves its replicas to its checkpoint and hands it
-    back. A pool whose model failed is shut down rather than lent again. ``cfg`` is the run's
-    config; the pools run it as ``eval_config`` makes it.
+    costs more than evaluating a small model; so a phase starts each pool once, and each model
+    borrows one, moves its replicas to its checkpoint and hands it back. A pool whose model
+    failed is shut down rather than lent again. The pools run ``cfg`` as ``eval_config`` makes
+    it (``self.cfg``), with the rollout's sampler count, fewer when the questions make fewer tasks.
     """
 
-    def __init__(self, cluster: RunCluster, cfg: Config, questions: Sequence[Question], size: int):
-        # the samplers run the eval settings (greedy, eval.k_samples), not the rollout's
-        self.cluster, self.cfg, self.questions, self.size = cluster, eval_config(cfg), list(questions), size
+    def __init__(self, cluster: RunCluster, cfg: Config, datasets: Sequence[Dataset]):
+        self.cluster, self.cfg = cluster, eval_config(cfg)
+        self.questions = eval_questions(datasets)
+        tasks = -(-len(self.questions) // self.cfg.rest.questions_per_task)
+        self.size = max(1, min(self.cfg.rest.num_samplers, tasks))
         self._free: list[_ModelPool] = []
         self._all: list[_ModelPool] = []
         self._lock = threading.Lock()
@@ -129,7 +130,7 @@ class EvalPools:
             if lent is not None:
                 self._free.remove(lent)
         if lent is None:
-            lent = _ModelPool(self.cluster, self.cfg, self.questions, path, "eval", self.size)
+            lent = _ModelPool(self.cluster, self.cfg, self.questions, path, self.size)
             with self._lock:
                 self._all.append(lent)
         try:
@@ -155,21 +156,14 @@ class EvalPools:
         self.close()
 
 
-def eval_pool_size(cfg: Config, datasets: Sequence[Dataset]) -> int:
-    """Replicas per eval pool: the rollout's sampler count, fewer when the questions make fewer tasks."""
-    run_cfg = eval_config(cfg)
-    tasks = -(-sum(len(d.questions) for d in datasets) // run_cfg.rest.questions_per_task)
-    return max(1, min(run_cfg.rest.num_samplers, tasks))
-
-
-def evaluate_model(pools: EvalPools, cluster: RunCluster, cfg: Config, model: str, path: str,
-                   datasets: Sequence[Dataset], on_done: Callable[[int], None] = lambda n: None) -> list[EvalResult]:
+def evaluate_model(pools: EvalPools, model: str, path: str, datasets: Sequence[Dataset],
+                   on_done: Callable[[int], None] = lambda n: None) -> list[EvalResult]:
     """``model`` (its checkpoint at ``path``) on ``datasets``: the questions split into tasks across one of
     the phase's eval pools (greedy, searching the whole corpus), one result per dataset, scored by exact
     match and, with ``eval.judge=llm``, re-scored by the run's Check_Answer judge."""
-    run_cfg = eval_config(cfg)
+    cfg = pools.cfg
     questions = eval_questions(datasets)
-    tasks = make_tasks([q.id for q in questions], run_cfg.rest.questions_per_task, lambda i: run_cfg.agent.seed)
+    tasks = make_tasks([q.id for q in questions], cfg.rest.questions_per_task, lambda i: cfg.agent.seed)
     t0 = time.perf_counter()
     with pools.borrow(path) as pool:
         trajectories = pool.map(tasks, 0, 1, on_result=lambda _t, out: on_done(len(out)))
@@ -180,5 +174,5 @@ def evaluate_model(pools: EvalPools, cluster: RunCluster, cfg: Config, model: st
         mine = [{**t, "question_id": t["question_id"][len(prefix):]} for t in trajectories
                 if t["question_id"].startswith(prefix)]
         result = score(d, mine, cfg, model, seconds)
-        results.append(apply_llm_judge(result, cluster.judge) if cfg.eval.judge == "llm" else result)
+        results.append(apply_llm_judge(result, pools.cluster.judge) if cfg.eval.judge == "llm" else result)
     return results

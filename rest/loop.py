@@ -48,7 +48,7 @@ from evals.targets import warm_start_warning, world_warning
 from learner.selection import apply_scores, clears, tied
 from rest.batch import GrowingBatch, step_records
 from rest.cluster import RunCluster
-from rest.evaluation import EvalPools, eval_pool_size, eval_questions, evaluate_model, trajectory_counters
+from rest.evaluation import EvalPools, evaluate_model, trajectory_counters
 from rest.leakage import HeldOut
 from rest.metrics import RunMetrics
 from rest.workers import make_tasks
@@ -282,7 +282,7 @@ class ReSTLoop:
         datasets = self.eval_sets
         todo = {model: [d for d in datasets if not (self.run.eval_dir(gen, model, d.name) / "score.json").is_file()]
                 for model in self.models_at(gen)}
-        pools = EvalPools(self.cluster, self.cfg, eval_questions(datasets), eval_pool_size(self.cfg, datasets))
+        pools = EvalPools(self.cluster, self.cfg, datasets)
         try:
             with pools, ThreadPoolExecutor(max_workers=self.cluster.eval_concurrency(len(todo))) as threads:
                 futures = [threads.submit(self._evaluate_model, pools, gen, model, self.models_at(gen)[model], sets)
@@ -356,7 +356,7 @@ class ReSTLoop:
     def _evaluate_model(self, pools: EvalPools, gen: int, model: str, path: str, datasets: list[Dataset]) -> list:
         """``model`` on ``datasets``, its questions split across one of the phase's eval pools (``rest.evaluation``)."""
         with self._bar(sum(len(d.questions) for d in datasets), f"gen {gen} eval {model}") as bar:
-            return evaluate_model(pools, self.cluster, self.cfg, model, path, datasets, on_done=bar.update)
+            return evaluate_model(pools, model, path, datasets, on_done=bar.update)
 
     def _training_examples(self, gen: int) -> tuple[list, int]:
         """What the fine-tunes of generation ``gen`` train on (``GrowingBatch.training_examples``), each example

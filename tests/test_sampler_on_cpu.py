@@ -153,7 +153,8 @@ def test_use_model_swaps_the_checkpoint_in_place_and_a_failed_one_refuses_work(s
     s.engine.model.load_state_dict(perturbed(s), strict=False)
     s.engine.model.save_pretrained(other)
     s.engine.tokenizer.save_pretrained(other)
-    s.load_weights(perturbed(s, 0.0), 2, weights_checksum(perturbed(s, 0.0)))  # some version > 0 to reset
+    same = perturbed(s, 0.0)
+    s.load_weights(same, 2, weights_checksum(same))  # some version > 0, which the swap resets
     assert s.use_model(str(other)) == 0 and s.version == 0
     fresh = texts(Sampler(cfg, questions, search, model=str(other)).rollout(ids, 0, 1, seed=3))
     assert texts(s.rollout(ids, 0, 1, seed=3)) == fresh != base

@@ -460,17 +460,16 @@ def evaluate_bases(root: Path, sizes: list[str], recipe: Recipe, cache: Path) ->
 
     corpus = str(root / "corpus.jsonl.gz")
     BM25Search(corpus, cache_dir=cache)  # build the index once, before the workers load it
-    split = {"dev": str(root / "questions" / "dev.jsonl"), "test": str(root / "questions" / "test.jsonl")}
-    jobs: dict[str, tuple[str, tuple]] = {}
+    jobs: dict[str, tuple[str, str, str | None]] = {}  # name -> (model, split, corpus or closed book)
     for s in sorted(sizes, key=lambda s: -SIZES.index(s)):  # the slowest (L) first
-        jobs[f"{s}-base"] = ("dev", (str(root / "models" / f"{s}-base"), corpus, str(cache), split["dev"],
-                                     recipe.eval_limit))
+        jobs[f"{s}-base"] = (f"{s}-base", "dev", corpus)
         if s == "L":
-            jobs["L-warm-closed-book"] = ("test", (str(root / "models" / "L-warm"), None, str(cache), split["test"],
-                                                   recipe.eval_limit))
+            jobs["L-warm-closed-book"] = ("L-warm", "test", None)
     with mp.get_context("spawn").Pool(processes=max(1, min(recipe.eval_workers, len(jobs)))) as pool:
-        pending = {name: (where, pool.apply_async(_eval_job, args)) for name, (where, args) in jobs.items()}
-        return {name: {"split": where, **res.get(timeout=3600)} for name, (where, res) in pending.items()}
+        pending = {name: pool.apply_async(_eval_job, (str(root / "models" / model), search, str(cache),
+                                                      str(root / "questions" / f"{split}.jsonl"), recipe.eval_limit))
+                   for name, (model, split, search) in jobs.items()}
+        return {name: {"split": jobs[name][1], **res.get(timeout=3600)} for name, res in pending.items()}
 
 
 # ---------------------------------------------------------------- configs
