@@ -38,11 +38,41 @@ class ConfigError(ValueError):
     """A config problem, already phrased as one line: ``FILE: key: what is wrong``."""
 
 
-def _f(default: Any, doc: str, **checks: Any) -> Any:
-    """A dataclass field with a one-line doc and optional checks (min, max, exists)."""
+def setting(default: Any, doc: str, **checks: Any) -> Any:
+    """A config dataclass field with a one-line doc and optional checks: ``min``, ``max`` (inclusive),
+    ``above`` (exclusive), ``nonempty``, ``exists`` and the reference checks of ``_reference_problem``."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **checks})
     return field(default=default, metadata={"doc": doc, **checks})
+
+
+_f = setting  # the short name this module's many fields use
+
+
+def range_problem(metadata: typing.Mapping[str, Any], value: Any) -> str | None:
+    """What is wrong with ``value`` (or any item of a list) against a field's ``min``/``max``/``above``."""
+    lo, hi, above = metadata.get("min"), metadata.get("max"), metadata.get("above")
+    for item in value if isinstance(value, list) else [value]:
+        if lo is not None and item < lo:
+            return f"must be >= {lo}, got {value!r}"
+        if hi is not None and item > hi:
+            return f"must be <= {hi}, got {value!r}"
+        if above is not None and item <= above:
+            return f"must be > {above}, got {value!r}"
+    return None
+
+
+def check_fields(obj: Any) -> None:
+    """Check a config dataclass built in code (not loaded from YAML) against its fields' ranges and
+    ``Literal`` choices: a ``ConfigError`` ``<Class>: <field>: <what is wrong>`` for the first bad one."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
+        problem = range_problem(f.metadata, value) or (
+            f"must be one of {', '.join(map(str, choices))}, got {value!r}" if choices and value not in choices else None)
+        if problem:
+            raise ConfigError(f"{type(obj).__name__}: {f.name}: {problem}")
 
 
 @dataclass
@@ -442,12 +472,9 @@ def build_section(cls: type, raw: Any, where: str, source: str) -> Any:
             value = _check_value(value, hints[key])
         except TypeError as e:
             raise ConfigError(f"{source}: {dotted}: {e}") from None
-        lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        for item in value if isinstance(value, list) else [value]:
-            if lo is not None and item < lo:
-                raise ConfigError(f"{source}: {dotted}: must be >= {lo}, got {value!r}")
-            if hi is not None and item > hi:
-                raise ConfigError(f"{source}: {dotted}: must be <= {hi}, got {value!r}")
+        problem = range_problem(f.metadata, value)
+        if problem:
+            raise ConfigError(f"{source}: {dotted}: {problem}")
         if f.metadata.get("nonempty") and not value:
             raise ConfigError(f"{source}: {dotted}: must not be empty")
         if f.metadata.get("exists") and value and not Path(value).exists():

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from core.config import ConfigError, check_fields, setting
 from learner.data import IGNORE, SFTExample, collate, make_batches, tokenize_all
 
 log = logging.getLogger(__name__)
@@ -87,57 +88,35 @@ def sft_loss(
 class TrainConfig:
     """Hyperparameters of one supervised fine-tuning (or from-scratch) run."""
 
-    lr: float = 1e-3
-    """Peak learning rate of AdamW, reached after warmup."""
-    epochs: int = 1
-    """Passes over the examples (ignored when max_steps > 0)."""
-    max_steps: int = 0
-    """If > 0, train exactly this many optimizer steps, reshuffling at each epoch end."""
-    batch_size: int = 32
-    """Sequences per optimizer step (used when batch_tokens is 0)."""
-    batch_tokens: int = 0
-    """If > 0, size batches by padded tokens (rows x longest row) instead of batch_size."""
-    warmup_steps: int = 10
-    """Steps of linear warmup from 0 to lr (the learner's default too: ``LearnerConfig``)."""
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    """Decay after warmup, down to 0 at the last step (constant: stay at lr)."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay on matrices (not on norms, biases); 0 as in ``LearnerConfig``."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this (0 = no clipping)."""
-    seed: int = 0
-    """Seeds the batch order and torch's RNG: the same seed gives the same run."""
-    max_len: int = 256
-    """Longest training sequence in tokens (longer prompts lose their start)."""
-    log_every: int = 10
-    """Log the loss (and refresh the progress bar) every this many steps."""
-    stop_below: float = 0.0
-    """Stop before max_steps once a logged mean loss is below this (0 = never): a drill ends once learned."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """bf16: bf16 autocast (weights stay fp32); auto: bf16 where the CPU has native bf16."""
-    num_threads: int = 1
-    """torch intra-op threads while training (1: processes sharing a small CPU don't fight)."""
+    lr: float = setting(1e-3, "Peak learning rate of AdamW, reached after warmup.", above=0.0)
+    epochs: int = setting(1, "Passes over the examples (ignored when max_steps > 0).", min=1)
+    max_steps: int = setting(0, "If > 0, train exactly this many optimizer steps, reshuffling at each epoch end.",
+                             min=0)
+    batch_size: int = setting(32, "Sequences per optimizer step (used when batch_tokens is 0).", min=1)
+    batch_tokens: int = setting(
+        0, "If > 0, size batches by padded tokens (rows x longest row) instead of batch_size; at least max_len.", min=0)
+    warmup_steps: int = setting(10, "Steps of linear warmup from 0 to lr (the learner's default too).", min=0)
+    schedule: Literal["cosine", "linear", "constant"] = setting(
+        "cosine", "Decay after warmup, down to 0 at the last step (constant: stay at lr).")
+    weight_decay: float = setting(
+        0.0, "AdamW decoupled weight decay on matrices (not on norms, biases); 0 as in the learner.", min=0.0)
+    grad_clip: float = setting(1.0, "Clip the global gradient norm to this (0 = no clipping).", min=0.0)
+    seed: int = setting(0, "Seeds the batch order and torch's RNG: the same seed gives the same run.")
+    max_len: int = setting(256, "Longest training sequence in tokens (longer prompts lose their start).", min=2)
+    log_every: int = setting(10, "Log the loss (and refresh the progress bar) every this many steps.", min=1)
+    stop_below: float = setting(
+        0.0, "Stop before max_steps once a logged mean loss is below this (0 = never): a drill ends once learned.",
+        min=0.0)
+    precision: Literal["auto", "fp32", "bf16"] = setting(
+        "auto", "bf16: bf16 autocast (weights stay fp32); auto: bf16 where the CPU has native bf16.")
+    num_threads: int = setting(
+        1, "torch intra-op threads while training (1: processes sharing a small CPU don't fight).", min=1)
 
     def __post_init__(self) -> None:
-        checks = {
-            "lr": self.lr > 0,
-            "epochs": self.epochs >= 1,
-            "max_steps": self.max_steps >= 0,
-            "batch_size": self.batch_size >= 1,
-            "batch_tokens": self.batch_tokens == 0 or self.batch_tokens >= self.max_len,
-            "warmup_steps": self.warmup_steps >= 0,
-            "schedule": self.schedule in ("cosine", "linear", "constant"),
-            "weight_decay": self.weight_decay >= 0,
-            "grad_clip": self.grad_clip >= 0,
-            "max_len": self.max_len >= 2,
-            "log_every": self.log_every >= 1,
-            "stop_below": self.stop_below >= 0,
-            "precision": self.precision in ("auto", "fp32", "bf16"),
-            "num_threads": self.num_threads >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"TrainConfig: bad {name}={getattr(self, name)!r}")
+        check_fields(self)
+        if self.batch_tokens and self.batch_tokens < self.max_len:
+            raise ConfigError(f"TrainConfig: batch_tokens: must be 0 or at least max_len {self.max_len}, "
+                              f"got {self.batch_tokens}")
 
 
 @dataclass

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import learner.trainer as trainer
+from core.config import ConfigError
 from learner.data import IGNORE, SFTExample, collate, tokenize_all
 from learner.trainer import TrainConfig, lr_factor, sft_loss, train
 from toyworld.modelzoo import init_model, train_tokenizer
@@ -197,5 +198,5 @@ def test_lr_schedules():
     [("lr", 0.0), ("batch_size", 0), ("precision", "fp8"), ("batch_tokens", 10), ("max_len", 1), ("stop_below", -1.0)],
 )
 def test_bad_config_is_one_line_error(field, value):
-    with pytest.raises(ValueError, match=f"TrainConfig: bad {field}="):
+    with pytest.raises(ConfigError, match=f"^TrainConfig: {field}: must be .*, got {value!r}$"):
         TrainConfig(**{field: value})
