@@ -36,8 +36,8 @@ from learner.broadcast import (
     state_meta,
     weights_checksum,
 )
-from learner.data import SFTExample, collate, make_batches, micro_batches, target_weight, tokenize_all
-from learner.trainer import ADAM_BETAS, ADAM_EPS, lr_factor, save_atomic, sft_loss
+from learner.data import SFTExample, make_batches, micro_batches, target_weight, tokenize_all
+from learner.trainer import ADAM_BETAS, ADAM_EPS, lr_factor, run_steps, save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,24 @@ def jit_built_ops() -> list[str]:
     return sorted(getattr(OpBuilder, "_loaded_ops", {}))
 
 
+class _EngineSteps:
+    """``run_steps``'s stepper on a DeepSpeed engine: it accumulates the micro-batches, clips, steps the
+    optimizer and the lr schedule at the last one of each step, and averages gradients over the ranks."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def begin(self, step: int) -> float:
+        return self.engine.get_lr()[0]
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+        self.engine.step()  # an optimizer step at the accumulation boundary only
+
+    def end(self) -> None:
+        pass
+
+
 class LearnerRank:
     """Rank ``rank`` of ``world_size``: joins the process group, fits, and (rank 0) serves weights."""
 
@@ -297,28 +315,12 @@ class LearnerRank:
             config=config,
             lr_scheduler=schedule,
         )
-        losses, tokens = [], 0
         engine.train()
         start = time.perf_counter()
-        for step, idx in enumerate(plan):
-            step_loss = 0.0
-            for part in micro_batches(idx, lengths, accumulation):
-                # a short last batch leaves a part empty: it still runs (every rank must
-                # take the same passes) on one real sequence, with its loss zeroed
-                rows = [data[i] for i in (part or idx[:1])]
-                batch = {k: v.to(engine.device) for k, v in collate(rows, pad_id).items()}
-                loss, _ = sft_loss(engine, batch, normalizer=normalizers[step])
-                if not part:
-                    loss = loss * 0.0
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"fit {name}: loss is {loss.item()} at step {step} on rank {self.rank}"
-                    )
-                engine.backward(loss)
-                engine.step()  # steps the optimizer (and lr) at the last micro-batch only
-                step_loss += loss.item()
-                tokens += int(batch["attention_mask"].sum()) if part else 0
-            losses.append(step_loss / accumulation)
+        done = run_steps(engine, data, pad_id, (micro_batches(idx, lengths, accumulation) for idx in plan),
+                         _EngineSteps(engine), f"fit {name} on rank {self.rank}", normalizers=normalizers,
+                         device=engine.device)
+        losses, tokens = done.losses, done.tokens
         seconds = time.perf_counter() - start
         engine.eval()
         memory = {

@@ -1,10 +1,12 @@
-"""Supervised fine-tuning on per-step examples: the loss, its config and a plain CPU loop.
+"""Supervised fine-tuning on per-step examples: the loss, the one training loop, its CPU entry point.
 
-``sft_loss`` is the one place the training objective lives (the DeepSpeed ranks call
-it too); ``train`` is the single-process AdamW loop that fine-tunes the toy world's
-models and trains their bases from scratch on a mix of per-step examples and raw
-passage text. It is deterministic per seed: the batch plan comes from
-``learner.data.make_batches`` and the model runs on one thread by default.
+``sft_loss`` is the one place the training objective lives and ``run_steps`` the one loop
+(optimizer steps of micro-batches) that every training in the project runs: ``train``,
+the single-process AdamW run that trains the toy world's bases from scratch and fine-tunes
+its models, and ``learner.deepspeed_rank.LearnerRank.fit``, the ReST fine-tunes on the
+DeepSpeed ranks; they differ only in how a step is applied (a ``Stepper``). ``train`` is
+deterministic per seed: the batch plan comes from ``learner.data.make_batches`` and the
+model runs on one thread by default.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -242,6 +244,99 @@ def _plan(data, cfg: TrainConfig) -> tuple[int, Iterator[list[int]]]:
     return total, batches
 
 
+class Stepper(Protocol):
+    """How one optimizer step is taken: a plain AdamW here, a DeepSpeed engine on the learner's ranks."""
+
+    def begin(self, step: int) -> float:
+        """Set up 0-based optimizer step ``step``; returns its learning rate."""
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate one micro-batch's loss."""
+
+    def end(self) -> None:
+        """Apply the step's accumulated gradients."""
+
+
+@dataclass
+class Steps:
+    """What ``run_steps`` did: per-step losses (a step's micro-batch losses summed, over the count),
+    the steps' learning rates, non-padding input tokens and labelled target tokens."""
+
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    tokens: int = 0
+    targets: int = 0
+
+
+def run_steps(
+    model: torch.nn.Module,
+    data: Sequence,
+    pad_id: int,
+    plan: Iterable[Sequence[Sequence[int]]],
+    stepper: Stepper,
+    where: str,
+    normalizers: Sequence[float] | None = None,
+    bf16: bool = False,
+    after_step: Callable[[Steps], bool] | None = None,
+    device: torch.device | str | None = None,
+) -> Steps:
+    """The one training loop, of the toy bases and fine-tunes (``train``) and of the ReST fine-tunes on
+    the DeepSpeed ranks (``learner.deepspeed_rank.LearnerRank.fit``).
+
+    Each item of ``plan`` is one optimizer step, given as its micro-batches (indices into ``data``);
+    each micro-batch's ``sft_loss`` (over ``normalizers[step]`` where given) is back-propagated, then the
+    step is applied. An empty micro-batch still runs, on one sequence with its loss zeroed, so every rank
+    takes the same passes. A loss that is not finite stops the run with one line naming ``where`` and the
+    step. ``after_step(steps)`` runs after each step; True stops the run there. Batches go to ``device``
+    (the parameters' device by default)."""
+    device = device if device is not None else next(model.parameters()).device
+    done = Steps()
+    for step, parts in enumerate(plan):
+        done.lrs.append(stepper.begin(step))
+        step_loss = 0.0
+        for part in parts:
+            rows = [data[i] for i in (part or next(p for p in parts if p)[:1])]
+            batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss, n_target = sft_loss(model, batch, normalizer=None if normalizers is None else normalizers[step])
+            if not part:
+                loss, n_target = loss * 0.0, 0
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{where}: loss is {loss.item()} at step {step} (lr {done.lrs[-1]:.2e})")
+            stepper.backward(loss)
+            step_loss += loss.item()
+            done.tokens += int(batch["attention_mask"].sum()) if part else 0
+            done.targets += n_target
+        stepper.end()
+        done.losses.append(step_loss / len(parts))
+        if after_step is not None and after_step(done):
+            break
+    return done
+
+
+class _AdamW:
+    """``train``'s stepper: AdamW (weight decay on matrices only) at the schedule's lr, clipped gradients."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, total: int):
+        self.model, self.cfg, self.total = model, cfg, total
+        self.opt = _optimizer(model, cfg)
+
+    def begin(self, step: int) -> float:
+        lr = self.cfg.lr * lr_factor(step, self.total, self.cfg.warmup_steps, self.cfg.schedule)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def end(self) -> None:
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
 def train(
     model,
     tokenizer,
@@ -282,42 +377,26 @@ def train(
         model.set_attn_implementation("eager")  # measured: CPU SDPA gains nothing from bf16, eager does
     try:
         total, batches = _plan(data, cfg)
-        opt = _optimizer(model, cfg)
-        losses, lrs, tokens, targets = [], [], 0, 0
         model.train()
         bar = tqdm(total=total, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
-        start = time.perf_counter()
-        for step in range(total):
-            batch = collate([data[i] for i in next(batches)], pad_id)
-            lr = cfg.lr * lr_factor(step, total, cfg.warmup_steps, cfg.schedule)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss, n_target = sft_loss(model, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"train: loss is {loss.item()} at step {step} (lr {lr:.2e} too high?)"
-                )
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            lrs.append(lr)
-            tokens += int(batch["attention_mask"].sum())
-            targets += n_target
+
+        def after_step(done: Steps) -> bool:
+            steps = len(done.losses)
             bar.update(1)
-            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-                recent = losses[-cfg.log_every :]
+            if steps % cfg.log_every == 0 or steps == total:
+                recent = done.losses[-cfg.log_every :]
                 mean = sum(recent) / len(recent)
-                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.1e}")
-                log.info("step %d/%d loss %.4f lr %.2e", step + 1, total, mean, lr)
+                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{done.lrs[-1]:.1e}")
+                log.info("step %d/%d loss %.4f lr %.2e", steps, total, mean, done.lrs[-1])
                 if mean < cfg.stop_below:
-                    break
-            if check is not None and check_every and ((step + 1) % check_every == 0 or step + 1 == total):
-                if check(step + 1, model):
-                    break
+                    return True
+            if check is not None and check_every and (steps % check_every == 0 or steps == total):
+                return bool(check(steps, model))
+            return False
+
+        start = time.perf_counter()
+        done = run_steps(model, data, pad_id, ([next(batches)] for _ in range(total)), _AdamW(model, cfg, total),
+                         "train", bf16=precision == "bf16", after_step=after_step)
         seconds = time.perf_counter() - start
         bar.close()
     finally:
@@ -325,22 +404,23 @@ def train(
         torch.set_num_threads(threads)
         if attn is not None and getattr(model.config, "_attn_implementation", attn) != attn:
             model.set_attn_implementation(attn)
+    losses = done.losses
     result = TrainResult(
         losses=losses,
         steps=len(losses),
-        tokens=tokens,
+        tokens=done.tokens,
         seconds=seconds,
-        tokens_per_s=tokens / max(seconds, 1e-9),
-        target_tokens=targets,
+        tokens_per_s=done.tokens / max(seconds, 1e-9),
+        target_tokens=done.targets,
         skipped=skipped,
         precision=precision,
-        lrs=lrs,
+        lrs=done.lrs,
     )
     if out_dir is not None:
         meta = {
             "config": asdict(cfg),
             "steps": len(losses),
-            "tokens": tokens,
+            "tokens": done.tokens,
             "skipped": skipped,
             "final_loss": sum(losses[-cfg.log_every :]) / len(losses[-cfg.log_every :]),
             "precision": precision,
