@@ -200,3 +200,55 @@ def test_lr_schedules():
 def test_bad_config_is_one_line_error(field, value):
     with pytest.raises(ConfigError, match=f"^TrainConfig: {field}: must be .*, got {value!r}$"):
         TrainConfig(**{field: value})
+
+
+class _SGD:
+    """A plain stepper for ``run_steps``: SGD at a fixed lr, counting its calls."""
+
+    def __init__(self, model, lr=0.05):
+        self.opt = torch.optim.SGD(model.parameters(), lr=lr)
+        self.calls = []
+
+    def begin(self, step):
+        self.calls.append(("begin", step))
+        return 0.05
+
+    def backward(self, loss):
+        self.calls.append("backward")
+        loss.backward()
+
+    def end(self):
+        self.calls.append("end")
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def test_run_steps_takes_every_micro_batch_and_an_empty_one_changes_nothing(zoo):
+    """The one loop of train() and the DeepSpeed fit: an empty micro-batch still runs a pass (every
+    rank takes the same passes) but adds no gradient, no token and no loss; a step's loss is its
+    micro-batches' summed over their count; after_step can stop the run."""
+    tok, _ = zoo
+    data, _ = tokenize_all(tok, step_examples(6, 3), 256)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    plain, padded = fresh(zoo), fresh(zoo)
+    one = trainer.run_steps(plain, data, pad, [[[0, 1, 2]], [[3, 4, 5]]], _SGD(plain), "test")
+    stepper = _SGD(padded)
+    two = trainer.run_steps(padded, data, pad, [[[0, 1, 2], []], [[3, 4, 5], []]], stepper, "test")
+    assert stepper.calls[:4] == [("begin", 0), "backward", "backward", "end"]
+    assert two.tokens == one.tokens and two.targets == one.targets > 0
+    assert two.losses == pytest.approx([x / 2 for x in one.losses], rel=1e-6)
+    for (name, a), b in zip(plain.state_dict().items(), padded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    stopped = trainer.run_steps(fresh(zoo), data, pad, [[[0]], [[1]], [[2]]], _SGD(fresh(zoo)), "test",
+                                after_step=lambda done: len(done.losses) == 2)
+    assert len(stopped.losses) == 2 and stopped.lrs == [0.05, 0.05]
+
+
+def test_run_steps_stops_on_a_loss_that_is_not_finite_naming_where(zoo):
+    tok, _ = zoo
+    data, _ = tokenize_all(tok, step_examples(2, 4), 256)
+    model = fresh(zoo)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"^fit L on rank 1: loss is nan at step 0 \(lr 5.00e-02\)$"):
+        trainer.run_steps(model, data, 0, [[[0, 1]]], _SGD(model), "fit L on rank 1")
