@@ -312,6 +312,22 @@ class RestConfig:
     )
     num_search_actors: int = _f(1, "SearchActor replicas the samplers share (sampler i uses actor i mod M).", min=1)
     search_num_cpus: float = _f(0.25, "CPUs reserved per search actor.", min=0.0)
+    keep_trajectories: Literal["all", "agreed"] = _f(
+        "all", "Which rollouts join the batch: all (the paper), or agreed: only the trajectories that give "
+        "their question's majority answer among its trajectories (self-consistency; no label is read: "
+        "learner.selection.agreed). agreed needs rest.trajectories_per_question >= 2."
+    )
+    min_agreement: float = _f(
+        0.5, "keep_trajectories agreed: the share of a question's trajectories its majority answer needs.",
+        min=0.0, max=1.0,
+    )
+
+    def __post_init__(self) -> None:
+        if self.keep_trajectories == "agreed" and min(self.trajectories_per_question) < 2:
+            raise ConfigError(
+                f"keep_trajectories: agreed needs trajectories_per_question >= 2 at every generation "
+                f"(one trajectory agrees with nothing), got {self.trajectories_per_question}"
+            )
 
 
 @dataclass

@@ -9,16 +9,20 @@ continues with the ranker's pick (``rest.continue_with: ranker``):
   token (the rollout's own preference), then to the earlier sample; a NaN NLL ranks last;
 - the target of a step is the ranker's pick when usable, else the best usable sample;
 - ReST's Improve threshold: a step whose target scores below ``min_score`` trains nothing;
-- each (prompt, target) pair trains once per fine-tune when examples are made distinct.
+- each (prompt, target) pair trains once per fine-tune when examples are made distinct;
+- with ``rest.keep_trajectories: agreed`` only the trajectories that give their question's
+  majority answer train (self-consistency, label-free: ``agreed``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from agent.trajectory import Step
+from agent.trajectory import Step, Trajectory
+from core.scoring import normalize_answer
 from learner.data import SFTExample
 
 
@@ -109,3 +113,30 @@ def distinct_examples(examples: Sequence[SFTExample]) -> list[SFTExample]:
             seen.add(key)
             out.append(ex)
     return out
+
+
+def agreed(trajectories: Iterable[Trajectory], min_agreement: float) -> set[str]:
+    """Ids of the trajectories that give their question's majority answer (self-consistency).
+
+    A question's majority answer is the normalised answer more of its trajectories give than
+    any other, given by at least two of them and by at least ``min_agreement`` of all its
+    trajectories (those that ended without an answer count, and vote for nothing). A tie for
+    the most votes is no majority. No label is read: a policy whose trajectories reach one
+    answer by different searches and notes is more often right than one that scatters, so
+    the batch keeps more of its right trajectories than of its wrong ones.
+    """
+    by_question: dict[str, list[Trajectory]] = defaultdict(list)
+    for t in trajectories:
+        by_question[t.question_id].append(t)
+    keep: set[str] = set()
+    for group in by_question.values():
+        votes = Counter(normalize_answer(t.answer) for t in group if t.answer is not None)
+        votes.pop("", None)
+        ranked = votes.most_common(2)
+        if not ranked:
+            continue
+        answer, count = ranked[0]
+        unique = len(ranked) == 1 or ranked[1][1] < count
+        if unique and count >= 2 and count >= min_agreement * len(group):
+            keep.update(t.id for t in group if t.answer is not None and normalize_answer(t.answer) == answer)
+    return keep

@@ -45,7 +45,7 @@ from evals.datasets import Dataset, read_dataset
 from evals.qa import check_judge, write_result
 from evals.report import write_report
 from evals.targets import warm_start_warning, world_warning
-from learner.selection import apply_scores, clears, tied
+from learner.selection import agreed, apply_scores, clears, tied
 from rest.batch import GrowingBatch, step_records
 from rest.cluster import RunCluster
 from rest.evaluation import EvalPools, evaluate_model, trajectory_counters
@@ -221,16 +221,24 @@ class ReSTLoop:
                 "tie_rate": round(sum(rankable) / len(rankable), 4) if rankable else 0.0, **verdicts}
 
     def store(self, gen: int) -> dict[str, Any]:
-        """The best sample of every LLM step, appended to the growing batch as generation ``gen``."""
+        """The best sample of every LLM step of the kept trajectories (all, or with ``rest.keep_trajectories:
+        agreed`` those that give their question's majority answer), appended to the growing batch as
+        generation ``gen``."""
         trajectories = [Trajectory.from_dict(t) for t in read_jsonl(self.run.trajectories(gen))]
-        usable = [r for t in trajectories for r in step_records(gen, t)]
+        if self.cfg.rest.keep_trajectories == "agreed":
+            ids = agreed(trajectories, self.cfg.rest.min_agreement)
+            trajectories_kept = [t for t in trajectories if t.id in ids]
+        else:
+            trajectories_kept = trajectories
+        usable = [r for t in trajectories_kept for r in step_records(gen, t)]
         min_score = self.cfg.ranker.threshold
         records = [r for r in usable if clears(r, min_score)]
         kept = {(r["trajectory_id"], r["step_index"]) for r in records}
         self._no_leakage(f"gen {gen} store", self.held_out.check_trajectories(trajectories, kept))
-        llm_steps = sum(len(t.llm_steps()) for t in trajectories)
+        llm_steps = sum(len(t.llm_steps()) for t in trajectories_kept)
         self.batch.write_gen(gen, records)
-        return {"records": len(records), "steps_without_usable_sample": llm_steps - len(usable),
+        return {"trajectories_kept": len(trajectories_kept), "trajectories_dropped": len(trajectories) - len(trajectories_kept),
+                "records": len(records), "steps_without_usable_sample": llm_steps - len(usable),
                 "below_min_score": len(usable) - len(records), "batch_records": len(self.batch.all(upto=gen))}
 
     def finetune(self, gen: int) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from core.engine import Sample
 from core.run_dir import RunDir
 from core.state import PHASES, RunState, StateError
 from evals.datasets import Dataset
-from learner.selection import clears, distinct_examples, target, to_example
+from learner.selection import agreed, clears, distinct_examples, target, to_example
 from rest.batch import BatchError, GrowingBatch, step_records
 from rest.cli import main
 from rest.evaluation import score, trajectory_counters
@@ -68,6 +68,64 @@ def test_a_min_score_keeps_steps_whose_chosen_sample_scored_below_it_out_of_the_
     for step in unscored.steps:
         step.scores = None
     assert len(kept(unscored, 5.0)) == 2  # no scores (no ranker yet): nothing to compare
+
+
+def _answered(qid, j, answer):
+    t = _traj(qid, j)
+    t.answer = answer
+    t.end_reason = "answered" if answer is not None else "unparseable:answer"
+    return t
+
+
+def test_agreed_keeps_only_the_trajectories_that_give_their_questions_majority_answer():
+    trajs = [
+        # q1: 3 of 4 say Paris (normalised: "The Paris." is "paris"): those 3 train, Lyon does not
+        _answered("q1", 0, "Paris"), _answered("q1", 1, "the Paris."), _answered("q1", 2, "Lyon"),
+        _answered("q1", 3, "PARIS"),
+        # q2: a 2-2 tie is no majority
+        _answered("q2", 0, "Rome"), _answered("q2", 1, "Rome"), _answered("q2", 2, "Oslo"), _answered("q2", 3, "Oslo"),
+        # q3: every answer different; q4: two agree but two ended without an answer (2 of 4 = 0.5)
+        _answered("q3", 0, "a"), _answered("q3", 1, "b"), _answered("q3", 2, "c"), _answered("q3", 3, "d"),
+        _answered("q4", 0, "Bern"), _answered("q4", 1, None), _answered("q4", 2, "Bern"), _answered("q4", 3, None),
+    ]
+    assert agreed(trajs, 0.5) == {"q1#0", "q1#1", "q1#3", "q4#0", "q4#2"}
+    assert agreed(trajs, 0.75) == {"q1#0", "q1#1", "q1#3"}  # q4's 2 of 4 is below 0.75
+    assert agreed(trajs, 1.0) == set()
+    # one trajectory agrees with nothing, and an empty answer is no vote
+    assert agreed([_answered("q5", 0, "Paris")], 0.0) == set()
+    assert agreed([_answered("q6", 0, "..."), _answered("q6", 1, "...")], 0.0) == set()
+
+
+def test_agreed_needs_two_trajectories_per_question(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("rest:\n  keep_trajectories: agreed\n  trajectories_per_question: [4, 1]\n")
+    with pytest.raises(ConfigError, match=r"keep_trajectories: agreed needs trajectories_per_question >= 2"):
+        load_config(cfg)
+    cfg.write_text("rest:\n  keep_trajectories: agreed\n  trajectories_per_question: [4]\n")
+    assert load_config(cfg).rest.keep_trajectories == "agreed"
+    cfg.write_text("rest:\n  keep_trajectories: majority\n")
+    with pytest.raises(ConfigError, match=r"rest.keep_trajectories"):
+        load_config(cfg)
+
+
+def test_the_store_phase_keeps_only_agreed_trajectories_when_asked(tmp_path):
+    from core.io import write_jsonl
+    from rest.loop import ReSTLoop
+
+    rows = [{"id": f"q{i}", "question": f"Who made thing {i}?", "answers": ["?"]} for i in range(2)]
+    for name in ("train", "test"):
+        write_jsonl(tmp_path / f"{name}.jsonl", rows if name == "train" else [{**rows[0], "id": "t0", "question": "?"}])
+    trajs = [_answered("q0", 0, "Paris"), _answered("q0", 1, "Paris"), _answered("q1", 0, "Rome"),
+             _answered("q1", 1, "Oslo")]
+    for keep, kept in (("all", 4), ("agreed", 2)):
+        cfg = load_config(None, [f"rest.train_dataset={tmp_path / 'train.jsonl'}",
+                                 f"rest.eval_datasets=[{tmp_path / 'test.jsonl'}]", f"rest.keep_trajectories={keep}",
+                                 "rest.trajectories_per_question=[2]"])
+        loop = ReSTLoop(cfg, RunDir(tmp_path / keep), progress=False)
+        write_jsonl(loop.run.trajectories(1), [t.to_dict() for t in trajs])
+        counters = loop.store(1)
+        assert (counters["trajectories_kept"], counters["trajectories_dropped"]) == (kept, 4 - kept)
+        assert {r["trajectory_id"] for r in loop.batch.all()} == {t.id for t in trajs[:kept]}
 
 
 def test_the_target_falls_back_without_a_ranker():
