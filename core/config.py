@@ -322,7 +322,16 @@ class RestConfig:
         min=0.0, max=1.0,
     )
 
+    policy_examples: Literal["all", "improved"] = _f(
+        "all", "Which steps of the growing batch the policy (L) fine-tunes on: all (the paper), or improved: only "
+        "those whose ranked pick differs from the sample the rollout continued with, where the ranker improved on "
+        "the policy (learner.selection.improves). The students distil on every step either way."
+    )
+
     def __post_init__(self) -> None:
+        if self.policy_examples == "improved" and self.continue_with == "ranker":
+            raise ConfigError("policy_examples: improved needs continue_with: perplexity (a rollout that continues "
+                              "with the ranker's pick never differs from it)")
         if self.keep_trajectories == "agreed" and min(self.trajectories_per_question) < 2:
             raise ConfigError(
                 f"keep_trajectories: agreed needs trajectories_per_question >= 2 at every generation "

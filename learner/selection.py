@@ -11,7 +11,9 @@ continues with the ranker's pick (``rest.continue_with: ranker``):
 - ReST's Improve threshold: a step whose target scores below ``min_score`` trains nothing;
 - each (prompt, target) pair trains once per fine-tune when examples are made distinct;
 - with ``rest.keep_trajectories: agreed`` only the trajectories that give their question's
-  majority answer train (self-consistency, label-free: ``agreed``).
+  majority answer train (self-consistency, label-free: ``agreed``);
+- with ``rest.policy_examples: improved`` the policy trains only on the steps where the ranker
+  improved on it (``improves``); the students distil on every step.
 """
 
 from __future__ import annotations
@@ -91,6 +93,16 @@ def clears(record: dict[str, Any], min_score: float | None) -> bool:
     step no ranker scored, always clears)."""
     scores = record["scores"]
     return min_score is None or not scores or scores[record["chosen"]] >= min_score
+
+
+def improves(record: dict[str, Any]) -> bool:
+    """Whether a record's target differs from the sample its rollout continued with: a step where the
+    ranker's pick improves on what the policy did. The other steps repeat what the policy already
+    does, at near-zero loss, and teach it nothing but noise."""
+    continued = record["continued"]
+    if continued is None or not 0 <= continued < len(record["samples"]):
+        return True  # the rollout continued with no sample of this step: the target is all there is
+    return record["samples"][record["chosen"]][0] != record["samples"][continued][0]
 
 
 def to_example(record: dict[str, Any]) -> SFTExample:

@@ -24,7 +24,7 @@ from typing import Any
 from agent.trajectory import Trajectory
 from core.io import read_jsonl, write_jsonl
 from learner.data import SFTExample
-from learner.selection import distinct_examples, target, to_example
+from learner.selection import distinct_examples, improves, target, to_example
 
 #: the keys every record has
 RECORD_KEYS = (
@@ -120,14 +120,16 @@ class GrowingBatch:
         """The training examples of generations 1..``upto``, repeats included (see ``distinct_examples``)."""
         return [to_example(r) for r in self.all(upto)]
 
-    def training_examples(self, gen: int, distinct: bool) -> tuple[list[SFTExample], int]:
-        """What every model of generation ``gen`` trains on (the batch up to ``gen``, each (prompt, target)
-        once if ``distinct``) and how many repeats that left out; read once per generation (L and the
-        students share it), only the latest kept."""
-        if self._examples_of[0] != (gen, distinct):
-            every = self.examples(upto=gen)
+    def training_examples(self, gen: int, distinct: bool, improved: bool = False) -> tuple[list[SFTExample], int]:
+        """What a model of generation ``gen`` trains on (the batch up to ``gen``, each (prompt, target) once
+        if ``distinct``; only the steps where the ranker improved on the policy if ``improved``:
+        ``learner.selection.improves``) and how many repeats that left out; the latest read is kept
+        (the students share L's when they train on the same)."""
+        key = (gen, distinct, improved)
+        if self._examples_of[0] != key:
+            every = [to_example(r) for r in self.all(upto=gen) if not improved or improves(r)]
             examples = distinct_examples(every) if distinct else every
-            self._examples_of = ((gen, distinct), examples, len(every) - len(examples))
+            self._examples_of = (key, examples, len(every) - len(examples))
         return self._examples_of[1], self._examples_of[2]
 
 

@@ -246,7 +246,7 @@ class ReSTLoop:
         out = self.run.checkpoint("L", gen)
         if _is_checkpoint(out):  # saved before a crash, not yet marked: keep it
             return {"checkpoint": str(out), "kept": True}
-        examples, repeats = self._training_examples(gen)
+        examples, repeats = self._training_examples(gen, improved=self.cfg.rest.policy_examples == "improved")
         if not examples:
             raise RunError(f"gen {gen} finetune: the growing batch has no examples (no sampled step parsed; "
                            f"see {self.run.trajectories(gen)})")
@@ -366,10 +366,11 @@ class ReSTLoop:
         with self._bar(sum(len(d.questions) for d in datasets), f"gen {gen} eval {model}") as bar:
             return evaluate_model(pools, model, path, datasets, on_done=bar.update)
 
-    def _training_examples(self, gen: int) -> tuple[list, int]:
-        """What the fine-tunes of generation ``gen`` train on (``GrowingBatch.training_examples``), each example
-        under its own renaming with ``rest.rename_examples``; and how many repeats were left out."""
-        examples, repeats = self.batch.training_examples(gen, self.cfg.rest.distinct_examples)
+    def _training_examples(self, gen: int, improved: bool = False) -> tuple[list, int]:
+        """What a fine-tune of generation ``gen`` trains on (``GrowingBatch.training_examples``: with ``improved``
+        only the steps where the ranker improved on the policy), each example under its own renaming with
+        ``rest.rename_examples``; and how many repeats were left out."""
+        examples, repeats = self.batch.training_examples(gen, self.cfg.rest.distinct_examples, improved)
         if self.cfg.rest.rename_examples:
             examples = list(renamed(examples, self._fit_seed(gen, "rename")))
         return examples, repeats
