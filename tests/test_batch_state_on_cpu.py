@@ -13,7 +13,7 @@ from core.engine import Sample
 from core.run_dir import RunDir
 from core.state import PHASES, RunState, StateError
 from evals.datasets import Dataset
-from learner.selection import agreed, clears, distinct_examples, target, to_example
+from learner.selection import agreed, clears, distinct_examples, improves, target, to_example
 from rest.batch import BatchError, GrowingBatch, step_records
 from rest.cli import main
 from rest.evaluation import score, trajectory_counters
@@ -126,6 +126,25 @@ def test_the_store_phase_keeps_only_agreed_trajectories_when_asked(tmp_path):
         counters = loop.store(1)
         assert (counters["trajectories_kept"], counters["trajectories_dropped"]) == (kept, 4 - kept)
         assert {r["trajectory_id"] for r in loop.batch.all()} == {t.id for t in trajs[:kept]}
+
+
+def test_improved_examples_are_the_steps_where_the_rankers_pick_differs_from_the_rollouts(tmp_path):
+    records = step_records(1, _traj())  # decision: pick 2, continued 0; answer: pick 1, continued 1
+    assert [improves(r) for r in records] == [True, False]
+    same_text = dict(records[0], samples=[[' Search("b")', 1, -1.0], *records[0]["samples"][1:]])
+    assert not improves(same_text)  # another index with the same text is no improvement
+    assert improves(dict(records[0], continued=None))  # nothing continued: the target is all there is
+    batch = GrowingBatch(tmp_path / "batch")
+    batch.write_gen(1, records)
+    assert [e.completion for e in batch.training_examples(1, True, improved=True)[0]] == [' Search("b")\n']
+    assert len(batch.training_examples(1, True)[0]) == 2  # the students' examples: every step
+
+
+def test_improved_policy_examples_need_a_rollout_that_continues_by_perplexity(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("rest:\n  policy_examples: improved\n  continue_with: ranker\n")
+    with pytest.raises(ConfigError, match=r"policy_examples: improved needs continue_with: perplexity"):
+        load_config(cfg)
 
 
 def test_the_target_falls_back_without_a_ranker():
