@@ -147,6 +147,37 @@ def test_improved_policy_examples_need_a_rollout_that_continues_by_perplexity(tm
         load_config(cfg)
 
 
+def test_with_improved_policy_examples_l_fine_tunes_on_the_improved_steps_and_the_students_on_all(tmp_path):
+    """The driver's wiring of ``rest.policy_examples``: the learner group is replaced by a recorder at its
+    boundary (what each fit is given), everything before it is the real loop."""
+    from types import SimpleNamespace
+
+    from core.io import write_jsonl
+    from learner.group import FitResult
+    from rest.loop import ReSTLoop
+
+    write_jsonl(tmp_path / "train.jsonl", [{"id": "q1", "question": "Where?", "answers": ["?"]}])
+    write_jsonl(tmp_path / "test.jsonl", [{"id": "t0", "question": "Who made it?", "answers": ["?"]}])
+    for model in ("L", "S"):
+        (tmp_path / model).mkdir()
+        (tmp_path / model / "config.json").write_text("{}")
+    fits = {}
+
+    class Learner:
+        def fit(self, model, examples, out, seed, name):
+            fits[name] = [e.completion for e in examples]
+            return FitResult(name, out, [0.1], 1, len(examples), 0.1, 1.0)
+
+    cfg = load_config(None, [f"rest.train_dataset={tmp_path / 'train.jsonl'}", f"rest.eval_datasets=[{tmp_path / 'test.jsonl'}]",
+                             "rest.policy_examples=improved", f"models.policy={tmp_path / 'L'}",
+                             f"models.students={{S: {tmp_path / 'S'}}}", "world.dir="])
+    loop = ReSTLoop(cfg, RunDir(tmp_path / "run"), progress=False)
+    loop.cluster = SimpleNamespace(learner=Learner())
+    loop.batch.write_gen(1, step_records(1, _traj()))  # decision improved (pick 2, continued 0), answer not
+    assert loop.finetune(1)["examples"] == 1 and loop.distil(1)["students"]["S"]["examples"] == 2
+    assert fits == {"L": [' Search("b")\n'], "S": [' Search("b")\n', ' "Paris"\n']}
+
+
 def test_the_target_falls_back_without_a_ranker():
     step = _step("decision", [" a", " b"], [True, True], scores=None, best=None)
     step.samples[1].sum_logprob = -0.1  # lower NLL wins the tie
