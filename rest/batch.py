@@ -116,9 +116,10 @@ class GrowingBatch:
         """Every record of generations 1..``upto`` (default: all stored), in generation order."""
         return [r for g in self.gens() if upto is None or g <= upto for r in self.read_gen(g)]
 
-    def examples(self, upto: int | None = None) -> list[SFTExample]:
-        """The training examples of generations 1..``upto``, repeats included (see ``distinct_examples``)."""
-        return [to_example(r) for r in self.all(upto)]
+    def examples(self, upto: int | None = None, improved: bool = False) -> list[SFTExample]:
+        """The training examples of generations 1..``upto``, repeats included (see ``distinct_examples``);
+        with ``improved`` only those of the steps where the ranker improved on the policy (``improves``)."""
+        return [to_example(r) for r in self.all(upto) if not improved or improves(r)]
 
     def training_examples(self, gen: int, distinct: bool, improved: bool = False) -> tuple[list[SFTExample], int]:
         """What a model of generation ``gen`` trains on (the batch up to ``gen``, each (prompt, target) once
@@ -127,7 +128,7 @@ class GrowingBatch:
         (the students share L's when they train on the same)."""
         key = (gen, distinct, improved)
         if self._examples_of[0] != key:
-            every = [to_example(r) for r in self.all(upto=gen) if not improved or improves(r)]
+            every = self.examples(upto=gen, improved=improved)
             examples = distinct_examples(every) if distinct else every
             self._examples_of = (key, examples, len(every) - len(examples))
         return self._examples_of[1], self._examples_of[2]

@@ -225,19 +225,18 @@ class ReSTLoop:
         agreed`` those that give their question's majority answer), appended to the growing batch as
         generation ``gen``."""
         trajectories = [Trajectory.from_dict(t) for t in read_jsonl(self.run.trajectories(gen))]
+        rolled_out = len(trajectories)
         if self.cfg.rest.keep_trajectories == "agreed":
             ids = agreed(trajectories, self.cfg.rest.min_agreement)
-            trajectories_kept = [t for t in trajectories if t.id in ids]
-        else:
-            trajectories_kept = trajectories
-        usable = [r for t in trajectories_kept for r in step_records(gen, t)]
+            trajectories = [t for t in trajectories if t.id in ids]
+        usable = [r for t in trajectories for r in step_records(gen, t)]
         min_score = self.cfg.ranker.threshold
         records = [r for r in usable if clears(r, min_score)]
         kept = {(r["trajectory_id"], r["step_index"]) for r in records}
         self._no_leakage(f"gen {gen} store", self.held_out.check_trajectories(trajectories, kept))
-        llm_steps = sum(len(t.llm_steps()) for t in trajectories_kept)
+        llm_steps = sum(len(t.llm_steps()) for t in trajectories)
         self.batch.write_gen(gen, records)
-        return {"trajectories_kept": len(trajectories_kept), "trajectories_dropped": len(trajectories) - len(trajectories_kept),
+        return {"trajectories_kept": len(trajectories), "trajectories_dropped": rolled_out - len(trajectories),
                 "records": len(records), "steps_without_usable_sample": llm_steps - len(usable),
                 "below_min_score": len(usable) - len(records), "batch_records": len(self.batch.all(upto=gen))}
 
@@ -246,9 +245,12 @@ class ReSTLoop:
         out = self.run.checkpoint("L", gen)
         if _is_checkpoint(out):  # saved before a crash, not yet marked: keep it
             return {"checkpoint": str(out), "kept": True}
-        examples, repeats = self._training_examples(gen, improved=self.cfg.rest.policy_examples == "improved")
+        improved = self.cfg.rest.policy_examples == "improved"
+        examples, repeats = self._training_examples(gen, improved=improved)
         if not examples:
-            raise RunError(f"gen {gen} finetune: the growing batch has no examples (no sampled step parsed; "
+            why = ("no step where the ranker's pick differs from the rollout's, rest.policy_examples: improved"
+                   if improved else "no sampled step parsed")
+            raise RunError(f"gen {gen} finetune: the growing batch has no examples ({why}; "
                            f"see {self.run.trajectories(gen)})")
         fit = self.cluster.learner.fit(self._local(self.cfg.models.policy), examples, str(out),
                                        seed=self._fit_seed(gen, "fit-L"), name="L")

@@ -176,6 +176,14 @@ def test_with_improved_policy_examples_l_fine_tunes_on_the_improved_steps_and_th
     loop.batch.write_gen(1, step_records(1, _traj()))  # decision improved (pick 2, continued 0), answer not
     assert loop.finetune(1)["examples"] == 1 and loop.distil(1)["students"]["S"]["examples"] == 2
     assert fits == {"L": [' Search("b")\n'], "S": [' Search("b")\n', ' "Paris"\n']}
+    # a batch without one improved step trains L on nothing: one line that names the setting
+    from rest.loop import RunError
+
+    empty = ReSTLoop(cfg, RunDir(tmp_path / "empty"), progress=False)
+    empty.batch.write_gen(1, [r for r in step_records(1, _traj()) if not improves(r)])
+    with pytest.raises(RunError, match=r"^gen 1 finetune: the growing batch has no examples \(no step where the "
+                                       r"ranker's pick differs from the rollout's, rest.policy_examples: improved;"):
+        empty.finetune(1)
 
 
 def test_the_target_falls_back_without_a_ranker():
