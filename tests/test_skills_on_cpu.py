@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from toyworld.base_models import _check_gate
 from toyworld.drill import drill_words, find_drill
 from toyworld.graph import WorldSize
 from toyworld.modelzoo import init_model, train_tokenizer
-from toyworld.skills import SKILLS, SkillGate, SkillGateError, greedy_match, measure, probe_examples
+from toyworld.skills import SKILLS, SkillGate, SkillGateError, greedy_match, measure, probe_examples, right
 from toyworld.world import TOY_AGENT
 
 WORDS = "Ada Bela Cyro Dara Emil Fenna Gus Hale Ivo Juna Kato Lise Milo Nora Otto Pia wrote born".split()
@@ -70,6 +71,19 @@ def test_measure_reports_every_skill_it_has_examples_of(model):
     m, tok = model
     scores = measure(m, tok, {"copy": [SFTExample("Ada wrote", " nonsense here Gus\n")], "query": [], "answer": []})
     assert scores == {"copy": 0.0}
+
+
+def test_a_copied_note_counts_only_if_it_cites_a_shown_link(tmp_path):
+    """The copy skill is judged as the agent parses a note: the right sentence under a link the
+    step was not shown ends an episode, so it is not a copy; a wrong sentence is not either."""
+    probes = probe_examples(tmp_path, 3, WorldSize.tiny(), TOY_AGENT, n_questions=30, per_skill=20)
+    later = next(ex for ex in probes["copy"] if "Snippet(link_id=1," not in ex.prompt)
+    gold = later.completion
+    assert right("copy", later.prompt, gold, gold)
+    unshown = re.sub(r"\[link_id=\d+\]", "[link_id=1]", gold)
+    assert unshown != gold and not right("copy", later.prompt, gold, unshown)
+    assert not right("copy", later.prompt, gold, gold.replace("[link_id=", "[link="))
+    assert not right("copy", later.prompt, gold, ' "Nothing here. ' + gold.split(". ")[-1])
 
 
 def test_gate_names_the_model_the_skill_and_the_accuracy():

@@ -47,9 +47,11 @@ def _llama(hidden: int, layers: int, heads: int, ffn: int, kv_heads: int | None 
 #: Parameter counts measured with ``count_params`` at vocabulary 2048 (tied embeddings).
 MODEL_SIZES: dict[str, dict] = {
     "tiny": _llama(32, 1, 1, 64),  # 75,872 params (vLLM's CPU attention needs heads >= 32 wide)
-    # XS: S with half its FFN. 64 wide (2 heads) it never learned to copy: docs/world-build.md
+    # XS: 64 wide (2 heads) it never learned to copy: docs/world-build.md
     "XS": _llama(96, 2, 3, 128),  # 344,544 params
-    "S": _llama(96, 2, 3, 256),  # 418,272 params
+    # S: L's width and FFN at half its depth. 96 wide (XS with twice its FFN) it stopped below its
+    # answer gate at world seed 7 (63% after 3,000 steps): docs/world-build.md
+    "S": _llama(128, 2, 4, 320),  # 639,616 params
     "L": _llama(128, 4, 4, 320),  # 1,016,960 params
     "M3": _llama(256, 4, 8, 512),  # 3,148,032 params
     "M10": _llama(384, 6, 6, 896),  # 10,523,520 params

@@ -14,8 +14,10 @@ every step under a fresh renaming (``toyworld.rename``), so a name can only be p
 by copying it. Each probe step is decoded greedily and judged by its names, not its
 wording (a note may restate a sentence in another template, as the critic allows):
 
-- copy (summarize): every name word of the note is in the snippets, and every name word
-  of the demonstrated note is in it (the wrong first name, the wrong city: not copied);
+- copy (summarize): the note parses as the agent parses it, so its citations are among
+  the shown link ids (a base that cites a link it was not shown ends its episode there);
+  every name word of the note is in the snippets, and every name word of the demonstrated
+  note is in it (the wrong first name, the wrong city: not copied);
 - query (decide): every name word of the query is in the question or the notes, and it
   names what the demonstrated query names;
 - answer: the answer, citations aside, is the demonstrated one.
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from agent.parsers import ParseError, parse_summary
 from learner.data import IGNORE, SFTExample, collate, make_batches, tokenize_all
 from toyworld.build import aux_seed, write_corpus, write_jsonl
 from toyworld.demos import WorldFacts, demonstrate
@@ -165,6 +168,7 @@ def greedy_lines(model, tokenizer, prompts: Sequence[str], max_new_tokens: int =
 
 
 _CITATION = re.compile(r"\s*\[link_id=\d+\]")
+_SHOWN = re.compile(r"Snippet\(link_id=(\d+),")
 
 
 def _names(text: str) -> set[str]:
@@ -178,10 +182,22 @@ def _context(prompt: str, skill: str) -> str:
     return prompt
 
 
+def _parses_as_note(prompt: str, got: str) -> bool:
+    """Whether ``got`` is a summary the agent accepts after this prompt's (last) snippets."""
+    live = prompt[prompt.rfind("SNIPPETS ="):]
+    try:
+        parse_summary(got.strip(), {int(n) for n in _SHOWN.findall(live)})
+    except ParseError:
+        return False
+    return True
+
+
 def right(skill: str, prompt: str, gold: str, got: str) -> bool:
     """Whether ``got`` does what the demonstrated completion ``gold`` does (see the module doc)."""
     if skill == "answer":
         return _CITATION.sub("", got).strip() == _CITATION.sub("", gold).strip()
+    if skill == "copy" and not _parses_as_note(prompt, got):
+        return False
     names = _names(got)
     return bool(names) and names <= _names(_context(prompt, skill)) and _names(gold) <= names
 

@@ -137,7 +137,7 @@ FINISH_TINY = {"L": _train(300, 3e-3), "S": _train(150, 3e-3), "XS": _train(150,
 SMALL_GATE = SkillGate(copy=0.3, query=0.85, answer=0.8)
 
 #: the default's alternatives and their measured skills and warm starts: docs/world-build.md.
-#: XS is S with half its FFN and trains as S does.
+#: S is L at half its depth, XS is 96 wide; both train as one.
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(
         world=WorldSize(),
@@ -155,7 +155,7 @@ RECIPES: dict[str, Recipe] = {
         extend={"L": _train(500, 2e-4), "S": _train(500, 2.5e-4), "XS": _train(500, 2.5e-4)},
         max_extensions=2,
         check_every=250,
-        version=2,  # 2: S and XS gated and extended as L is
+        version=3,  # 2: S and XS gated and extended as L is; 3: S 128 wide, the copy gate reads citations
     ),
     "tiny": Recipe(
         world=WorldSize.tiny(),
