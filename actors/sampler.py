@@ -52,10 +52,12 @@ class Sampler:
         search: SearchBackend | None,
         replica: int = 0,
         model: str | None = None,
+        sleep_mode: bool = False,
     ):
         torch.set_num_threads(cfg.engine.threads)
         self.cfg = cfg
         self.replica = replica
+        self.sleep_mode = sleep_mode
         self.questions: dict[str, Question] = {}
         for q in questions:
             if q.id in self.questions:
@@ -81,6 +83,8 @@ class Sampler:
         self, question_ids: Sequence[str], expected_version: int, trajectories_per_question: int, seed: int
     ) -> list[dict]:
         """Trajectories (``Trajectory.to_dict()``) for each question id, ``trajectories_per_question`` each."""
+        if self.asleep:
+            raise RuntimeError(f"sampler {self.replica} is asleep (a colocated learner holds the GPU): wake it first")
         if self.version != expected_version:
             raise StaleWeights(
                 f"sampler {self.replica} holds weights v{self.version}, driver expects v{expected_version}"
@@ -100,7 +104,30 @@ class Sampler:
 
     def _make_engine(self, model: str) -> Engine:
         engine_cfg = dataclasses.replace(self.cfg.engine, model=model)
-        return make_engine(engine_cfg, revision=self.cfg.models.revisions.get(model))
+        return make_engine(engine_cfg, revision=self.cfg.models.revisions.get(model), sleep_mode=self.sleep_mode)
+
+    # ------------------------------------------------------------ colocation
+
+    @property
+    def asleep(self) -> bool:
+        return bool(getattr(self.engine, "asleep", False))
+
+    def sleep(self, level: int = 1) -> dict:
+        """Free the engine's memory for the learner that shares this sampler's GPU (``rest.colocation``):
+        the engine's ``sleep`` at ``level``. Returns the device bytes freed and the seconds it took."""
+        if not self.sleep_mode:
+            raise RuntimeError(f"sampler {self.replica} was started without sleep_mode (not colocated)")
+        freed, seconds = self.engine.sleep(level)
+        return {"replica": self.replica, "freed_bytes": int(freed), "seconds": seconds}
+
+    def wake(self) -> dict:
+        """Undo ``sleep``; returns the seconds it took and the policy version held (-1 after a level-2 sleep:
+        the weights were discarded, the next sync refills them). An awake sampler (a replica started
+        while the others slept) has nothing to undo."""
+        seconds = self.engine.wake() if self.asleep else 0.0
+        if self.engine.version < 0:
+            self.version = -1
+        return {"replica": self.replica, "seconds": seconds, "version": self.version}
 
     def use_model(self, model: str) -> int:
         """Hold ``model`` from now on, at policy version 0 (an eval pool moving on to its next model: a
@@ -182,7 +209,7 @@ class Sampler:
 
     def stats(self) -> dict:
         """The runner's counters plus this sampler's replica, version, torch threads and time in rollouts."""
-        return {"replica": self.replica, "version": self.version, "rollouts": self.rollouts,
+        return {"replica": self.replica, "version": self.version, "asleep": self.asleep, "rollouts": self.rollouts,
                 "torch_threads": torch.get_num_threads(), "rollout_seconds": self.rollout_seconds,
                 "rollout_cpu_seconds": self.rollout_cpu_seconds, **self.runner.stats.to_dict()}
 

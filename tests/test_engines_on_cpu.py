@@ -297,3 +297,55 @@ def test_build_engine_with_an_explicit_model_leaves_the_world_alone(model_dir, t
     finally:
         engine.close()
     assert [p.name for p in world.iterdir()] == ["notes.txt"]
+
+
+# ------------------------------------------------------------ sleep and wake (rest.colocation)
+
+
+def _greedy(engine: HFEngine) -> list[tuple[str, int, float]]:
+    return [(s.text, s.n_tokens, s.sum_logprob) for row in engine.generate(PROMPTS[:2], 1, 0.0, 12) for s in row]
+
+
+def _weight_bytes(engine: HFEngine) -> int:
+    return sum(p.numel() * p.element_size() for p in engine.model.parameters())
+
+
+def test_sleep_level_1_takes_the_weights_off_the_model_and_wake_restores_them(model_dir):
+    eng = HFEngine(model_dir, threads=1)
+    before, held = _greedy(eng), _weight_bytes(eng)
+    assert held > 0 and not eng.asleep
+    freed, seconds = eng.sleep(1)
+    assert eng.asleep and freed == 0 and seconds >= 0  # on the CPU no device allocator is counted
+    assert _weight_bytes(eng) == 0  # every parameter left the model
+    with pytest.raises(EngineError, match="asleep"):
+        eng.generate(PROMPTS[:1], 1, 0.0, 4)
+    with pytest.raises(EngineError, match="asleep"):
+        eng.load_weights({}, 1)
+    with pytest.raises(EngineError, match="asleep"):
+        eng.sleep(1)
+    eng.wake()
+    assert not eng.asleep and eng.version == 0 and _weight_bytes(eng) == held
+    assert _greedy(eng) == before
+    with pytest.raises(EngineError, match="not asleep"):
+        eng.wake()
+
+
+def test_sleep_level_2_discards_the_weights_until_load_weights_refills_them(model_dir):
+    eng = HFEngine(model_dir, threads=1)
+    before = _greedy(eng)
+    state = {k: v.clone() for k, v in eng.model.state_dict().items()}
+    eng.sleep(2)
+    assert eng.version == -1 and _weight_bytes(eng) == 0
+    # nothing of the parameters is kept anywhere: the engine holds only their shapes and dtypes
+    assert all(t.is_meta for name, t in eng._host.items() if name in dict(eng.model.named_parameters()))
+    eng.wake()
+    assert all(torch.isnan(p).all() for p in eng.model.parameters())  # fresh storage, visibly unfilled
+    eng.load_weights(state, 3)
+    assert eng.version == 3 and _greedy(eng) == before
+
+
+def test_sleep_refuses_an_unknown_level(model_dir):
+    eng = HFEngine(model_dir, threads=1)
+    with pytest.raises(EngineError, match="level must be 1"):
+        eng.sleep(3)
+    assert not eng.asleep

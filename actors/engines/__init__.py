@@ -11,7 +11,7 @@ from core.engine import Engine
 from core.errors import EngineError
 
 
-def make_engine(cfg: EngineConfig, revision: str | None = None) -> Engine:
+def make_engine(cfg: EngineConfig, revision: str | None = None, sleep_mode: bool = False) -> Engine:
     """Build the engine that ``cfg.backend`` names ("hf" or "vllm") over ``cfg.model``.
 
     ``cfg.model`` is a local directory or a hub id, which is resolved through the Hugging
@@ -19,7 +19,9 @@ def make_engine(cfg: EngineConfig, revision: str | None = None) -> Engine:
     A local model directory must already exist: when ``cfg.random_init`` is set, building
     the random model (``toyworld.modelzoo.ensure_random_model``) is the caller's job,
     because only the caller knows which texts its tokenizer should be trained on.
-    A missing or unloadable model is an ``EngineError``.
+    A missing or unloadable model is an ``EngineError``. ``sleep_mode``: the engine will ``sleep`` and
+    ``wake`` (a colocated rollout sampler: ``rest.colocation``); vLLM chooses its allocator for it at
+    start, the transformers engine can always sleep.
     """
     if not cfg.model:
         raise EngineError("engine.model is empty: set it to a Hugging Face model directory or hub id")
@@ -34,6 +36,7 @@ def make_engine(cfg: EngineConfig, revision: str | None = None) -> Engine:
             kv_cache_gib=cfg.kv_cache_gib,
             enforce_eager=cfg.enforce_eager,
             revision=revision,
+            sleep_mode=sleep_mode,
         )
     raise EngineError(f"engine.backend must be 'hf' or 'vllm', got {cfg.backend!r}")
 

