@@ -290,7 +290,16 @@ class RestConfig:
     )
     num_samplers: int = _f(2, "SamplerActor replicas.", min=1)
     sampler_num_cpus: float = _f(0.5, "CPUs reserved per sampler actor.", min=0.0)
-    sampler_num_gpus: float = _f(0.0, "GPUs per sampler actor.", min=0.0)
+    sampler_num_gpus: float = _f(
+        0.0, "GPUs per sampler actor (colocated: per eval sampler; a rollout sampler shares its learner rank's GPU, "
+        "rest.colocate).", min=0.0)
+    colocate: Literal["auto", "on", "off"] = _f(
+        "auto", "Rollout samplers and learner ranks share the GPUs (rest/colocation.py): one GPU per learner rank, "
+        "rollout sampler i on rank i mod world_size's GPU; the samplers sleep while the learner fits (their KV "
+        "cache freed, their weights discarded before the L fine-tune, whose broadcast refills them, and moved to "
+        "host memory before the distil fits), the learner frees its memory before they wake, so rollouts run on "
+        "every learner GPU. auto: on when rest.sampler_num_gpus and learner.num_gpus_per_rank are both above 0. "
+        "Needs learner.num_gpus_per_rank 1 and num_samplers a multiple of learner.world_size.")
     questions_per_task: int = _f(32, "Question ids per sampler call (the unit of work and of retry).", min=1)
     distinct_examples: bool = _f(
         True, "Fine-tune on each (prompt, target) of the growing batch once (repeats add weight, not information)."
@@ -354,8 +363,45 @@ class Config:
     rest: RestConfig = field(default_factory=RestConfig)
     source: str = "<defaults>"
 
+    def __post_init__(self) -> None:
+        problem = colocation_problem(self.rest, self.learner)
+        if problem:
+            raise ConfigError(f"{self.source}: rest.colocate: {problem}")
+
     def to_dict(self) -> dict[str, Any]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    @property
+    def colocated(self) -> bool:
+        """Whether the rollout samplers and the learner ranks share GPUs (``rest.colocate``, auto resolved)."""
+        return colocated(self.rest, self.learner)
+
+
+def colocated(rest: RestConfig, learner: LearnerConfig) -> bool:
+    """``rest.colocate`` resolved: auto is on when the rollout samplers and the learner ranks both ask for GPUs."""
+    if rest.colocate == "auto":
+        return rest.sampler_num_gpus > 0 and learner.num_gpus_per_rank > 0
+    return rest.colocate == "on"
+
+
+def colocation_problem(rest: RestConfig, learner: LearnerConfig) -> str | None:
+    """What keeps the rollout samplers and learner ranks from sharing GPUs when ``rest.colocate`` asks
+    them to, or None.
+
+    A colocated bundle is one GPU: learner rank i and the rollout samplers i, i + W, ... (W the world
+    size) take turns on it, so every learner rank holds exactly one GPU and every GPU gets as many
+    samplers as the next."""
+    if not colocated(rest, learner):
+        return None
+    why = "auto turns it on (samplers and learner ranks ask for GPUs); " if rest.colocate == "auto" else ""
+    if learner.num_gpus_per_rank != 1:
+        return (f"{why}colocation needs learner.num_gpus_per_rank 1 (a shared bundle is one GPU), got "
+                f"{learner.num_gpus_per_rank:g}; or set rest.colocate: off")
+    if rest.num_samplers % learner.world_size:
+        return (f"{why}colocation needs rest.num_samplers ({rest.num_samplers}) to be a multiple of "
+                f"learner.world_size ({learner.world_size}), one or more rollout samplers per learner GPU; "
+                f"or set rest.colocate: off")
+    return None
 
 
 #: section name -> its dataclass, derived from ``Config`` so the two cannot drift apart
@@ -382,6 +428,8 @@ def _check_value(value: Any, tp: Any) -> Any:
     """Return ``value`` coerced to ``tp`` (int -> float only), or raise TypeError."""
     origin = typing.get_origin(tp)
     if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(typing.get_args(tp)):
+            return "on" if value else "off"  # YAML 1.1 reads a bare on / off as true / false
         if value in typing.get_args(tp) and not isinstance(value, bool):
             return value
         raise TypeError(f"must be one of {_type_name(tp)}, got {value!r}")

@@ -244,7 +244,8 @@ def group_backend(learner_backend: str, keys: list[str | None]) -> str:
     """The weight group's backend for members on devices ``keys`` (rank 0's first): NCCL where the
     learner trains over NCCL and every member holds a GPU no other member holds, gloo over host
     buffers otherwise (NCCL cannot put two ranks of a group on one GPU, e.g. a sampler colocated
-    with learner rank 0; sharing CUDA memory there instead is issue 21's colocated mode)."""
+    with learner rank 0, ``rest.colocation``: such a sync goes through host memory; handing CUDA
+    memory over in place, as OpenRLHF's CUDA IPC does, is not built)."""
     if learner_backend == "nccl" and None not in keys and len(set(keys)) == len(keys):
         return "nccl"
     return "gloo"

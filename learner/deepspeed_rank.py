@@ -18,6 +18,7 @@ saves a Hugging Face checkpoint atomically, and serves the weights to the sample
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 import socket
@@ -208,6 +209,27 @@ class LearnerRank:
 
     def ping(self) -> int:
         return self.rank
+
+    def cuda_available(self) -> bool:
+        """Whether this rank's process sees a CUDA device (Ray may declare logical GPUs on a CPU machine)."""
+        return torch.cuda.is_available()
+
+    def release_memory(self) -> dict:
+        """Give the device back to the engines that share it (``rest.colocation``); returns what was freed.
+
+        A fit destroys its DeepSpeed engine before it returns (every fit builds a fresh one from its
+        starting checkpoint), so no model, gradient or optimizer state outlives it and there is nothing
+        for ZeRO's ``offload_states`` to move; what stays on a GPU is the memory the CUDA caching
+        allocator keeps for reuse, which this collects and returns to the driver (rank 0's copy of
+        the weights for the sync is in host memory already). On the CPU there is no device cache: the
+        garbage collection runs, and ``freed_bytes`` is None.
+        """
+        gc.collect()
+        if not torch.cuda.is_available():
+            return {"rank": self.rank, "device": "cpu", "freed_bytes": None}
+        before = torch.cuda.memory_reserved()
+        torch.cuda.empty_cache()
+        return {"rank": self.rank, "device": "cuda", "freed_bytes": before - torch.cuda.memory_reserved()}
 
     def rendezvous(self) -> tuple[str, int]:
         """(address, free port) where this rank (rank 0) will host the process group's store."""

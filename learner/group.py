@@ -1,8 +1,10 @@
 """The learner group: W DeepSpeed ranks as Ray actors, fine-tuning and broadcasting weights.
 
 Layout (the OpenRLHF ``RayActorGroup`` idea): one placement group with a bundle per
-rank; rank 0 starts first and names the address and free port of the process
-group's store, then ranks 1..W-1 start, and all W join at once. Methods named
+rank (its own, or in a colocated run the run's shared one, ``rest.colocation``, where
+rank i takes a share of bundle i's GPU beside the rollout samplers); rank 0 starts
+first and names the address and free port of the process group's store, then ranks
+1..W-1 start, and all W join at once. Methods named
 ``async_*`` return lists of ObjectRefs; every other method waits, always with a
 timeout, and turns a dead or failed rank into one clear RuntimeError (the group is
 then broken: shut it down and build a new one).
@@ -16,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -27,6 +30,9 @@ from core.errors import cause_line
 from learner.broadcast import group_backend
 from learner.data import SFTExample
 from learner.deepspeed_rank import LearnerRank
+
+if TYPE_CHECKING:  # the run's shared placement group (a colocated run) is the cluster's, not the learner's
+    from rest.colocation import SharedBundles
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +116,16 @@ class LearnerGroup:
     fixed at construction. ``control_timeout_s`` bounds start-up and the broadcast.
     """
 
-    def __init__(self, cfg: LearnerConfig, control_timeout_s: float = 180.0):
+    def __init__(self, cfg: LearnerConfig, control_timeout_s: float = 180.0, shared: SharedBundles | None = None):
+        """``shared``: place rank i in bundle i of a colocated run's placement group (``rest.colocation``)
+        with that bundle's GPU share, instead of a placement group of the group's own."""
         if not ray.is_initialized():
             raise RuntimeError("LearnerGroup: call ray.init() first")
         self.cfg = cfg
         self.control_timeout_s = control_timeout_s
-        self.backend = self._backend(cfg)
+        self.shared = shared
+        #: the process group's backend, fixed once rank 0 says whether it sees CUDA (``_backend``)
+        self.backend: str | None = None
         #: the weight group's backend once formed (``learner.broadcast.group_backend``)
         self.weight_backend: str | None = None
         self.ranks: list = []
@@ -125,37 +135,49 @@ class LearnerGroup:
         and its memory settings as the ranks applied them (micro-batch, accumulation, checkpointing,
         attention kernel, zero.Init, parameter dtype)."""
         self._weight_key: tuple | None = None
-        bundle = {"CPU": cfg.num_cpus_per_rank}
-        if cfg.num_gpus_per_rank > 0:
-            bundle["GPU"] = cfg.num_gpus_per_rank
-        bundle = {k: v for k, v in bundle.items() if v > 0}
-        if not bundle:
-            raise ValueError("LearnerGroup: num_cpus_per_rank and num_gpus_per_rank are both 0")
-        self._pg = placement_group([dict(bundle) for _ in range(cfg.world_size)], strategy="PACK")
+        self._pg = None
+        if shared is not None:
+            if shared.bundles != cfg.world_size:
+                raise ValueError(f"LearnerGroup: {shared.bundles} shared bundles for {cfg.world_size} ranks")
+            self._gpus = shared.share
+        else:
+            self._gpus = cfg.num_gpus_per_rank
+            bundle = {"CPU": cfg.num_cpus_per_rank}
+            if cfg.num_gpus_per_rank > 0:
+                bundle["GPU"] = cfg.num_gpus_per_rank
+            bundle = {k: v for k, v in bundle.items() if v > 0}
+            if not bundle:
+                raise ValueError("LearnerGroup: num_cpus_per_rank and num_gpus_per_rank are both 0")
+            self._pg = placement_group([dict(bundle) for _ in range(cfg.world_size)], strategy="PACK")
         try:
-            self._start(bundle)
+            self._start()
         except BaseException:
             self.shutdown()
             raise
 
     @staticmethod
-    def _backend(cfg: LearnerConfig) -> str:
+    def _backend(cfg: LearnerConfig, cuda: bool) -> str:
+        """``cfg.backend``, or for auto NCCL where the ranks hold GPUs that CUDA sees (rank 0 answers
+        ``cuda``) and gloo elsewhere: a CPU machine may declare logical GPUs to Ray (tests do)."""
         if cfg.backend != "auto":
             return cfg.backend
-        return "nccl" if cfg.num_gpus_per_rank > 0 else "gloo"
+        return "nccl" if cfg.num_gpus_per_rank > 0 and cuda else "gloo"
 
-    def _start(self, bundle: dict) -> None:
-        try:
-            ray.get(self._pg.ready(), timeout=self.control_timeout_s)
-        except GetTimeoutError:
-            raise RuntimeError(
-                f"learner: placement group of {self.cfg.world_size} x {bundle} not ready within "
-                f"{self.control_timeout_s:.0f} s (cluster has {ray.available_resources()})"
-            ) from None
+    def _start(self) -> None:
+        if self._pg is not None:
+            try:
+                ray.get(self._pg.ready(), timeout=self.control_timeout_s)
+            except GetTimeoutError:
+                raise RuntimeError(
+                    f"learner: placement group of {self.cfg.world_size} x {self._pg.bundle_specs[0]} not ready "
+                    f"within {self.control_timeout_s:.0f} s (cluster has {ray.available_resources()})"
+                ) from None
         self.ranks.append(self._make_rank(0))
         addr, port = wait_all(
             [self.ranks[0].rendezvous.remote()], ["learner rank 0"], self.control_timeout_s, "learner start"
         )[0]
+        cuda = self._rank0_call(self.ranks[0].cuda_available.remote(), "cuda_available")
+        self.backend = self._backend(self.cfg, cuda)
         self.ranks += [self._make_rank(i) for i in range(1, self.cfg.world_size)]
         # the process group's timeout bounds its rendezvous as well as its collectives: a short fit timeout
         # must not fail a start whose ranks come up a few seconds apart (the fit's own wait bounds the fit)
@@ -165,10 +187,10 @@ class LearnerGroup:
         log.info("learner group up: %d ranks, %s, master %s:%d", len(self.ranks), self.backend, addr, port)
 
     def _make_rank(self, rank: int):
+        where = self.shared.strategy(rank) if self.shared is not None else \
+            PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=rank)
         return LearnerRankActor.options(
-            num_cpus=self.cfg.num_cpus_per_rank,
-            num_gpus=self.cfg.num_gpus_per_rank,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=rank),
+            num_cpus=self.cfg.num_cpus_per_rank, num_gpus=self._gpus, scheduling_strategy=where,
         ).remote(rank, self.cfg.world_size, self.cfg.threads)
 
     def _names(self) -> list[str]:
@@ -238,6 +260,15 @@ class LearnerGroup:
             seconds=seconds,
             tokens_per_s=tokens / max(seconds, 1e-9),
         )
+
+    def release_memory(self) -> int | None:
+        """Every rank gives its device back to the engines that share it (``LearnerRank.release_memory``);
+        returns the bytes freed over all ranks, None on CPU ranks."""
+        self._check_usable()
+        got = wait_all([r.release_memory.remote() for r in self.ranks], self._names(), self.control_timeout_s,
+                       "learner release_memory")
+        freed = [g["freed_bytes"] for g in got if g["freed_bytes"] is not None]
+        return sum(freed) if freed else None
 
     # ------------------------------------------------------------ weight broadcast
 
@@ -335,7 +366,7 @@ class LearnerGroup:
             ray.kill(r, no_restart=True)
         self.ranks = []
         self._weight_key = None
-        if getattr(self, "_pg", None) is not None:
+        if getattr(self, "_pg", None) is not None:  # a shared placement group belongs to the run
             remove_placement_group(self._pg)
             self._pg = None
 

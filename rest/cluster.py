@@ -5,6 +5,8 @@
 samplers, the rankers, the learner group and the short-lived eval sampler pools, each with
 the CPUs and GPUs the config reserves for it (``reserved`` counts them the same way).
 Groups start on first use, or together in parallel with ``start``; ``close`` stops them all.
+In a colocated run (``rest.colocate``) the rollout samplers and the learner ranks share one
+placement group, a GPU per learner rank, and take turns on it (``gpus_to``, ``rest.colocation``).
 
 ``address=None`` starts a local cluster sized for the run: Ray's CPUs are logical, and
 the phases of a generation take turns (samplers sample while the learner idles, the
@@ -47,6 +49,7 @@ from evals.judge import CheckAnswerJudge, JudgeRuns
 from learner.broadcast import weights_checksum
 from learner.deepspeed_rank import unique_state
 from learner.group import LearnerGroup
+from rest.colocation import SharedBundles, Turns
 from rest.workers import SamplerPool
 
 
@@ -59,15 +62,18 @@ ACTOR_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": "disabled", "OM
 
 def reserved(cfg: Config, eval_pools: int) -> dict[str, float]:
     """CPUs and GPUs the run's actors reserve with ``eval_pools`` eval sampler pools (and the LLM eval
-    judge, if any) alive beside the rollout samplers, the search and ranker actors and the learner ranks."""
+    judge, if any) alive beside the rollout samplers, the search and ranker actors and the learner ranks
+    (colocated: the rollout samplers and the learner ranks together hold a GPU per rank)."""
     r, k, lr, e = cfg.rest, cfg.ranker, cfg.learner, cfg.eval
     pools = 1 + eval_pools
     judges = 1 if e.judge == "llm" and eval_pools else 0
+    rollout_and_learner = lr.world_size if cfg.colocated else \
+        r.num_samplers * r.sampler_num_gpus + lr.world_size * lr.num_gpus_per_rank
     return {
         "CPU": pools * r.num_samplers * r.sampler_num_cpus + r.num_search_actors * r.search_num_cpus
         + k.num_actors * k.num_cpus + lr.world_size * lr.num_cpus_per_rank + judges * e.judge_num_cpus,
-        "GPU": pools * r.num_samplers * r.sampler_num_gpus + k.num_actors * k.num_gpus
-        + lr.world_size * lr.num_gpus_per_rank + judges * e.judge_num_gpus,
+        "GPU": eval_pools * r.num_samplers * r.sampler_num_gpus + k.num_actors * k.num_gpus
+        + rollout_and_learner + judges * e.judge_num_gpus,
     }
 
 
@@ -202,7 +208,10 @@ class RunCluster:
         self.cfg, self.run = cfg, run
         self.questions, self.hidden, self.version, self.gold = list(questions), hidden, version, gold
         self._groups: dict[str, Any] = {}
-        self._locks = {name: threading.Lock() for name in (*self.GROUPS, "judge")}
+        self._locks = {name: threading.Lock() for name in (*self.GROUPS, "judge", "shared")}
+        self._shared: SharedBundles | None = None
+        #: who holds the shared GPUs of a colocated run, and every hand-over
+        self.turns = Turns()
         self._weights: dict[int, tuple[ray.ObjectRef, str]] = {}
         self._weights_lock = threading.Lock()
         self._names = itertools.count(1)
@@ -238,7 +247,8 @@ class RunCluster:
         def make() -> SamplerPool:
             r = self.cfg.rest
             return SamplerPool(lambda slot: self._sampler(slot, self.cfg, self.questions, self.cfg.models.policy,
-                                                          self.version(), "sampler", rollout=True),
+                                                          self.version(), "sampler", rollout=True,
+                                                          shared=self.shared),
                                r.num_samplers, r.call_timeout_s, r.max_task_retries)
         return self._group("samplers", make)
 
@@ -253,8 +263,33 @@ class RunCluster:
 
     @property
     def learner(self) -> LearnerGroup:
-        return self._group("learner", lambda: LearnerGroup(self.cfg.learner,
-                                                           control_timeout_s=self.cfg.rest.call_timeout_s))
+        return self._group("learner", lambda: LearnerGroup(self.cfg.learner, self.cfg.rest.call_timeout_s,
+                                                           shared=self.shared))
+
+    @property
+    def shared(self) -> SharedBundles | None:
+        """A colocated run's placement group (a GPU per learner rank, shared with the rollout samplers),
+        reserved on first use; None when the run is not colocated."""
+        if not self.cfg.colocated:
+            return None
+        with self._locks["shared"]:
+            if self._shared is None:
+                self._shared = SharedBundles.create(self.cfg, self.cfg.rest.call_timeout_s)
+            return self._shared
+
+    def gpus_to(self, side: str, sleep_level: int = 1) -> dict[str, Any]:
+        """Colocated: hand the shared GPUs to ``side`` ("samplers" or "learner", ``rest.colocation``):
+        for the learner, every rollout sampler sleeps at ``sleep_level`` (2 discards its weights: only
+        when a weight sync follows); for the samplers, the learner frees its memory, then every
+        sampler wakes. Returns the hand-over and the groups awake after it, for the phase's counters;
+        not colocated, every group keeps its GPUs and this does nothing ({}).
+        """
+        if not self.cfg.colocated:
+            return {}
+        samplers, learner = self.started("samplers"), self.started("learner")
+        event = self.turns.hand_over(side, samplers.actors if samplers else None, learner, sleep_level, self.get)
+        asleep = "learner" if self.turns.holder == "samplers" else "samplers"
+        return {**event, "awake": sorted(g for g in self._groups if g != asleep)}
 
     @property
     def judge(self) -> RemoteJudge:
@@ -360,6 +395,10 @@ class RunCluster:
             groups["learner"].shutdown()
         for actor in [*groups.get("rankers", []), *groups.get("search", [])]:
             ray.kill(actor, no_restart=True)
+        shared, self._shared = self._shared, None
+        if shared is not None:  # after its actors: the learner's ranks and the rollout samplers
+            shared.remove()
+        self.turns = Turns()
 
     # ---------------------------------------------------------------- helpers
 
@@ -370,13 +409,17 @@ class RunCluster:
             return self._groups[name]
 
     def _sampler(self, slot: int, cfg: Config, questions: list[Question], model: str, version: int, label: str,
-                 rollout: bool):
+                 rollout: bool, shared: SharedBundles | None = None):
         """A ready sampler actor holding ``model``, brought to policy ``version`` from L's checkpoint; a
-        ``rollout`` sampler's searches skip the held-out passages (``rest.leakage``), an eval sampler's do not."""
+        ``rollout`` sampler's searches skip the held-out passages (``rest.leakage``), an eval sampler's do not.
+        With ``shared`` (a colocated rollout sampler) it takes its share of bundle ``slot`` mod W's GPU,
+        beside learner rank ``slot`` mod W, and its engine can sleep."""
         search = RemoteSearch(self.search[slot % len(self.search)], cfg.rest.call_timeout_s, hide_held_out=rollout)
+        where = {"num_gpus": cfg.rest.sampler_num_gpus} if shared is None else \
+            {"num_gpus": shared.share, "scheduling_strategy": shared.strategy(slot)}
         actor = SamplerActor.options(
-            num_cpus=cfg.rest.sampler_num_cpus, num_gpus=cfg.rest.sampler_num_gpus, name=self._name(f"{label}-{slot}"),
-        ).remote(cfg, questions, search, replica=slot, model=model)
+            num_cpus=cfg.rest.sampler_num_cpus, name=self._name(f"{label}-{slot}"), **where,
+        ).remote(cfg, questions, search, replica=slot, model=model, sleep_mode=shared is not None)
         if version > 0:
             ref, checksum = self._checkpoint_weights(version)
             self.get([actor.load_weights.remote(ref, version, checksum)], f"{label} {slot} load weights")

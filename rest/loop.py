@@ -16,6 +16,13 @@ start, a student: its base) on ALL records so far (each distinct (prompt, target
 the previous generation's checkpoint would train twice on the older generations'
 examples, overweighting them as the batch grows. Rollouts of generation k come from
 the gen-(k-1) policy (version k-1), so each generation still improves on the last.
+
+Colocated (``rest.colocate``), the rollout samplers and the learner share the GPUs and
+each phase that needs them says so first (``RunCluster.gpus_to``): rollout and broadcast
+take them for the samplers (the learner frees its memory, the samplers wake, then the
+sync runs), finetune and distil for the learner (the samplers sleep; before the
+finetune deeply, their weights discarded, as the broadcast refills them). The phase's
+counters record the hand-over and the groups awake (``colocation``).
 """
 
 from __future__ import annotations
@@ -155,6 +162,7 @@ class ReSTLoop:
         tasks = make_tasks(ids, self.cfg.rest.questions_per_task, lambda i: self._seed(gen, f"rollout-{i}"))
         t_phase = time.perf_counter()
         startup = self.cluster.start()  # every group at once: their start-up is part of this phase
+        turn = self.cluster.gpus_to("samplers")
         pool = self.cluster.samplers
         before, hidden_before = dict(pool.stats), self.cluster.hidden_passages()
         t0 = time.perf_counter()
@@ -179,7 +187,8 @@ class ReSTLoop:
         return {"version": version, "trajectories_per_question": tpq, **c,
                 "tokens_per_s": round(c["generated_tokens"] / max(seconds, 1e-9), 1),
                 "resubmitted": delta["resubmitted"], "replaced": delta["replaced"],
-                "held_out_hidden": self.cluster.hidden_passages() - hidden_before, "rollout_breakdown": breakdown}
+                "held_out_hidden": self.cluster.hidden_passages() - hidden_before, "rollout_breakdown": breakdown,
+                **_colocation(turn)}
 
     def rollout_question_ids(self, gen: int) -> list[str]:
         """The training questions generation ``gen`` rolls out on: all of them, or with
@@ -252,13 +261,15 @@ class ReSTLoop:
                    if improved else "no sampled step parsed")
             raise RunError(f"gen {gen} finetune: the growing batch has no examples ({why}; "
                            f"see {self.run.trajectories(gen)})")
+        turn = self.cluster.gpus_to("learner", sleep_level=2)  # the broadcast refills the samplers' weights
         fit = self.cluster.learner.fit(self._local(self.cfg.models.policy), examples, str(out),
                                        seed=self._fit_seed(gen, "fit-L"), name="L")
         self._fitted_policy = gen
-        return {**self._fit_counters(fit), "repeats_dropped": repeats}
+        return {**self._fit_counters(fit), "repeats_dropped": repeats, **_colocation(turn)}
 
     def broadcast(self, gen: int) -> dict[str, Any]:
         """The gen-``gen`` L weights go to every sampler as version ``gen``, checked by checksum."""
+        turn = self.cluster.gpus_to("samplers")
         if self._fitted_policy == gen:
             res = self.cluster.learner.broadcast(self.cluster.samplers.actors, version=gen,
                                                  transport=self.cfg.learner.transport)
@@ -269,22 +280,24 @@ class ReSTLoop:
         versions = self.cluster.samplers.ping_all()
         if set(versions) != {gen}:
             raise RunError(f"gen {gen} broadcast: samplers hold versions {versions}, expected {gen}")
-        return {"version": gen, **info}
+        return {"version": gen, **info, **_colocation(turn)}
 
     def distil(self, gen: int) -> dict[str, Any]:
         """Each student fine-tunes from its base on the same records as L."""
         out: dict[str, Any] = {}
+        turn: dict[str, Any] = {}
         for name, start in self.cfg.models.students.items():
             ckpt = self.run.checkpoint(name, gen)
             if _is_checkpoint(ckpt):
                 out[name] = {"checkpoint": str(ckpt), "kept": True}
                 continue
+            turn = turn or self.cluster.gpus_to("learner", sleep_level=1)  # the samplers keep the policy
             examples, _ = self._training_examples(gen)
             fit = self.cluster.learner.fit(self._local(start), examples, str(ckpt), seed=self._fit_seed(gen, f"fit-{name}"),
                                            name=name)
             self._fitted_policy = None
             out[name] = self._fit_counters(fit)
-        return {"students": out}
+        return {"students": out, **_colocation(turn)}
 
     def evaluate(self, gen: int) -> dict[str, Any]:
         """Every model of generation ``gen`` on every eval dataset, on eval sampler pools the phase starts once (and,
@@ -406,4 +419,9 @@ class ReSTLoop:
 
 def _is_checkpoint(path: Path) -> bool:
     return (path / "config.json").is_file()
+
+
+def _colocation(turn: dict[str, Any]) -> dict[str, Any]:
+    """A phase's counters on the shared GPUs (``RunCluster.gpus_to``): none when the run is not colocated."""
+    return {"colocation": turn} if turn else {}
 

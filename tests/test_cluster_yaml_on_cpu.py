@@ -51,8 +51,9 @@ def test_reservations_of_the_toy_run_at_its_peak_and_at_its_least():
     cfg = load_config(ROOT / "configs" / "toy.yaml", ["models.students={S: a, XS: b}"])
     assert least_resources(cfg) == {"CPU": 3.5, "GPU": 0.0}  # rollout pool + one eval pool
     assert peak_cpus(cfg) == 5.5  # rollout pool + an eval pool for each of L, S and XS
-    gpus = load_config(ROOT / "configs" / "toy.yaml", ["rest.sampler_num_gpus=0.5", "learner.num_gpus_per_rank=1"])
-    assert least_resources(gpus)["GPU"] == 4.0
+    gpus = load_config(ROOT / "configs" / "toy.yaml", ["rest.sampler_num_gpus=0.5", "learner.num_gpus_per_rank=1",
+                                                      "rest.colocate=off"])
+    assert least_resources(gpus)["GPU"] == 4.0  # colocated: 3 (tests/test_colocation_on_cpu.py)
 
 
 def test_every_node_mounts_the_run_storage_and_the_comments_match_the_config(cluster):
