@@ -9,6 +9,9 @@ rollout, rank, finetune, distil, eval), lists each actor group with the CPUs and
 reserves (as ``rest.loop``, ``rest.cluster`` and ``learner.group`` ask Ray for them) and
 its estimated GPU memory, then checks the whole against a cluster: Ray's ``cluster.yaml``
 (node types, their instance types and worker counts) or the config's own reservation.
+Colocated (``rest.colocate``), the rollout samplers and the learner ranks take turns on a GPU
+per rank: each is checked against the memory its turn leaves it, and ``gpu_use`` compares
+the GPU-seconds busy per phase of both modes.
 
 The estimates (standard formulas; every term is printed, so a reader can check it):
 
@@ -40,11 +43,12 @@ from typing import Any
 
 import yaml
 
-from core.config import Config, ConfigError, EngineConfig
+from core.config import Config, ConfigError, EngineConfig, colocation_problem
 from core.hub import ModelUnavailable, is_local, resolve_model
 from evals.qa import check_judge
 from learner.trainer import _PLAIN_HEAD_MODELS
 from rest.cluster import least_resources
+from rest.colocation import bundle_spec, gpu_share
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp32": 4, "bf16": 2, "fp16": 2}
@@ -435,6 +439,9 @@ class Group:
     detail: str = ""
     #: alive beside every eval pool (the eval judge), not one of the pools
     beside_pools: bool = False
+    #: colocated (``rest.colocation``): the GPU fraction whose memory it may fill while it holds the
+    #: shared GPU (the learner the whole GPU, each rollout sampler its part of it), not ``gpus``
+    turn_gpus: float | None = None
 
 
 @dataclass
@@ -495,10 +502,14 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
         return vllm_memory(arch, engine, gib) if engine.backend == "vllm" else hf_engine_memory(arch, engine)
 
     engine = replace(cfg.engine, model=policy)
+    per_gpu = r.num_samplers // lr.world_size
+    share = gpu_share(per_gpu) if cfg.colocated else None  # what each colocated actor asks Ray for
+    rollout_gpus = share or r.sampler_num_gpus
     groups = [
         Group("rollout", f"search ({cfg.search.backend})", r.num_search_actors, r.search_num_cpus, 0.0, None),
         Group("rollout", f"rollout sampler ({engine.backend}, L)", r.num_samplers, r.sampler_num_cpus,
-              r.sampler_num_gpus, engine_memory(policy, engine, r.sampler_num_gpus), policy),
+              rollout_gpus, engine_memory(policy, engine, rollout_gpus), policy,
+              turn_gpus=1 / per_gpu if share else None),
         Group("rank", f"ranker ({k.kind}{f', {judge.backend}' if judge else ''})", k.num_actors, k.num_cpus,
               k.num_gpus, engine_memory(judge.model, judge, k.num_gpus) if judge else None,
               judge.model if judge else ""),
@@ -507,7 +518,7 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
         arch = infos[ref].arch
         memory = learner_memory(arch, cfg) if arch and lr.num_gpus_per_rank > 0 and gib else None
         groups.append(Group(phase, f"learner rank ({name})", lr.world_size, lr.num_cpus_per_rank,
-                            lr.num_gpus_per_rank, memory, ref))
+                            share or lr.num_gpus_per_rank, memory, ref, turn_gpus=1.0 if share else None))
     evaluated = {"L": policy, **students}
     for name, ref in evaluated.items():
         groups.append(Group("eval", f"eval sampler ({engine.backend}, {name})", r.num_samplers, r.sampler_num_cpus,
@@ -520,20 +531,67 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
     return _check(cfg, cluster, list(infos.values()), groups, gib, cluster_path)
 
 
-def _gpus_at_work(by: dict[str, list[Group]], evals: list[Group], judges: list[Group], held: float) -> list[str]:
-    """Per phase, the GPUs its working actors reserve against the ``held`` GPUs the run needs (every
-    group, one learner fit, one eval pool; ``evals`` are the pools side by side, largest first, so the
-    eval phase holds the extra ones too). The samplers and rankers keep their GPUs between their phases,
-    so the rest of the held GPUs wait."""
-    if held <= 0:
-        return []
+def gpu_use(cfg: Config, by: dict[str, list[Group]], evals: list[Group], judges: list[Group]) -> list[str]:
+    """Per phase, GPU-seconds busy over GPU-seconds held, separate and colocated side by side.
+
+    The plan has no timings, so the model is per phase: every GPU of a group at work in the phase
+    is busy for the whole phase, every other GPU the run holds idles; the ratio is then GPUs at
+    work over GPUs held, whatever the phase lasts. Held: what the run reserves at once (every
+    group, one learner fit, one eval pool; ``evals`` are the pools side by side, largest first,
+    so the eval phase holds the extra ones too), in the mode of the column. Separate, the
+    rollout samplers keep their own GPUs; colocated, they share the learner's (``rest.colocation``)
+    and every shared GPU generates in the rollout and fits in the fine-tunes. It leaves out
+    what the model cannot see: a working GPU's own idle time (stragglers, search waits, a
+    learner rank waiting on the collective) and the time the colocated hand-overs take.
+    """
+    r, lr = cfg.rest, cfg.learner
     gpus = lambda gs: sum(g.count * g.gpus for g in gs)  # noqa: E731
-    one_fit = lambda gs: max((g.count * g.gpus for g in gs), default=0.0)  # noqa: E731
-    at_work = {"rollout": gpus(by["rollout"]), "rank": gpus(by["rank"]), "finetune": one_fit(by["finetune"]),
-               "distil": one_fit(by["distil"]), "eval": gpus(evals) + gpus(judges)}
-    holds = {name: held + (gpus(evals[1:]) if name == "eval" else 0.0) for name in at_work}
-    return ["GPUs at work per phase, of those the run holds then:"] + [
-        f"  {name:9s} {n:4g} of {holds[name]:g} ({100 * n / holds[name]:.0f}%)" for name, n in at_work.items()]
+    ranker = gpus(by["rank"])
+    extra_pools = gpus(evals[1:])
+    columns: dict[str, dict[str, tuple[float, float]] | str] = {}
+    for mode in ("off", "on"):
+        problem = colocation_problem(replace(r, colocate=mode), lr)
+        if problem:
+            columns[mode] = problem
+            continue
+        held = least_resources(replace(cfg, rest=replace(r, colocate=mode)))["GPU"]
+        rollout = lr.world_size if mode == "on" else r.num_samplers * r.sampler_num_gpus
+        fit = lr.world_size * (1.0 if mode == "on" else lr.num_gpus_per_rank)
+        at_work = {"rollout": rollout, "rank": ranker, "finetune": fit, "distil": fit if by["distil"] else 0.0,
+                   "eval": gpus(evals) + gpus(judges)}
+        columns[mode] = {name: (n, held + (extra_pools if name == "eval" else 0.0)) for name, n in at_work.items()}
+    if not any(isinstance(c, dict) and any(h > 0 for _, h in c.values()) for c in columns.values()):
+        return []
+    title = {"off": "separate", "on": "colocated"}
+    runs = "on" if cfg.colocated else "off"
+    lines = ["GPU-seconds busy over GPU-seconds held, per phase (no timings: a working group's GPUs count busy "
+             "for the whole phase, every other held GPU idle; hand-overs and stragglers not counted):",
+             (f"  {'phase':9s} " + "  ".join(f"{title[m] + (' (this run)' if m == runs else ''):22s}"
+                                             for m in columns)).rstrip()]
+    for name in ("rollout", "rank", "finetune", "distil", "eval"):
+        cells = []
+        for c in columns.values():
+            if isinstance(c, str):
+                cells.append(f"{'-':22s}")
+            else:
+                n, held = c[name]
+                cells.append(f"{f'{n:g} of {held:g} ({100 * n / held:.0f}%)' if held else '-':22s}")
+        lines.append(f"  {name:9s} " + "  ".join(cells).rstrip())
+    lines += [f"  colocated: not possible for this config: {c}" for c in columns.values() if isinstance(c, str)]
+    return lines
+
+
+def _shared_gpus(cfg: Config, by: dict[str, list[Group]]) -> Group:
+    """A colocated run's shared GPUs as ``pack`` places them: one whole GPU per learner rank, with the CPUs
+    of the rank and its samplers, holding the larger of its rollout samplers awake and the largest fit."""
+    samplers = next(g for g in by["rollout"] if g.turn_gpus is not None)
+    fits = [g for g in by["finetune"] + by["distil"] if g.memory]
+    per_gpu = cfg.rest.num_samplers // cfg.learner.world_size
+    engines = per_gpu * samplers.memory.total if samplers.memory else 0.0
+    fit = max((g.memory.total for g in fits), default=0.0)
+    memory = Memory({"rollout samplers" if engines >= fit else "learner rank": max(engines, fit)}) \
+        if engines or fit else None
+    return Group("shared", "shared GPU", cfg.learner.world_size, bundle_spec(cfg).get("CPU", 0.0), 1.0, memory)
 
 
 def _largest(groups: list[Group]) -> Group:
@@ -548,11 +606,13 @@ def _check(cfg: Config, cluster: ClusterSpec, models: list[ModelInfo], groups: l
     for g in groups:
         if g.memory and g.memory.problem:
             refusals.append(f"{g.name} ({g.detail}): {g.memory.problem}")
-        elif g.memory and gib and g.gpus > 0 and g.memory.total > g.gpus * gib * GIB * 1.0001:
-            share = "a GPU" if g.gpus == 1 else f"{g.gpus:g} GPUs" if g.gpus > 1 else f"{g.gpus:g} of a GPU"
+        elif g.memory and gib and g.gpus > 0 and g.memory.total > (g.turn_gpus or g.gpus) * gib * GIB * 1.0001:
+            gpus = g.turn_gpus or g.gpus
+            share = "a GPU" if gpus == 1 else f"{gpus:g} GPUs" if gpus > 1 else f"{gpus:.3g} of a GPU"
+            why = ("the rollout samplers that share a GPU are awake together" if g.turn_gpus else
+                   "Ray may give the rest of the GPU to another actor")
             refusals.append(f"{g.name} ({g.detail}) needs {g.memory.total / GIB:.1f} GiB on {share} "
-                            f"({g.gpus * gib:.1f} GiB of {gib:g} GiB GPUs; Ray may give the rest of the GPU to "
-                            f"another actor)")
+                            f"({gpus * gib:.1f} GiB of {gib:g} GiB GPUs; {why})")
 
     by = {p: [g for g in groups if g.phase == p] for p in ("rollout", "rank", "finetune", "distil", "eval")}
     judges = [g for g in by["eval"] if g.beside_pools]
@@ -560,6 +620,8 @@ def _check(cfg: Config, cluster: ClusterSpec, models: list[ModelInfo], groups: l
     held = by["rollout"] + by["rank"]
     need = least_resources(cfg)
     least = held + [_largest(by["finetune"])] + [_largest(by["eval"])] + judges  # one learner fit, one eval pool
+    if cfg.colocated:  # the rollout samplers and the learner ranks take turns on a GPU each
+        least = [g for g in least if g.turn_gpus is None] + [_shared_gpus(cfg, by)]
     out.lines.append(f"held at once (every group, one eval pool): {need['CPU']:g} CPUs, {need['GPU']:g} GPUs")
     fit, at_max, pools = None, False, 1
     for at_max in (False, True):
@@ -577,15 +639,17 @@ def _check(cfg: Config, cluster: ClusterSpec, models: list[ModelInfo], groups: l
                 break
             pools = extra + 1
     evals = sorted(by["eval"], key=lambda g: g.memory.total if g.memory else 0.0, reverse=True)[:pools]
+    awake = [g for g in held if g.turn_gpus is None]  # colocated, the rollout samplers sleep while the learner fits
     phases = {  # what holds GPU memory in each phase (the learner only while it fits; engines while alive)
-        "rollout": by["rollout"], "rank": held, "finetune": held + by["finetune"],
-        "distil": held + ([_largest(by["distil"])] if by["distil"] else []), "eval": held + evals + judges,
+        "rollout": by["rollout"], "rank": held, "finetune": awake + by["finetune"],
+        "distil": awake + ([_largest(by["distil"])] if by["distil"] else []), "eval": held + evals + judges,
     }
-    out.lines += _gpus_at_work(by, evals, judges, need["GPU"])
+    out.lines += gpu_use(cfg, by, evals, judges)
     totals = {name: sum(g.count * g.memory.total for g in gs if g.memory) for name, gs in phases.items()}
     if any(totals.values()):
         out.lines.append("GPU memory in use per phase (an engine stays loaded from its first phase to the end of "
-                         "the run; a learner rank holds GPU memory only while it fits):")
+                         "the run, a colocated rollout sampler's asleep while the learner fits; a learner rank "
+                         "holds GPU memory only while it fits):")
         out.lines += [f"  {name:9s} {v / GIB:6.1f} GiB" for name, v in totals.items()]
         top = max(totals, key=totals.get)
         out.lines.append(f"peak: {totals[top] / GIB:.1f} GiB in {top}")

@@ -65,11 +65,15 @@ def test_gpu_config_fits_cluster_yaml(capsys):
     judge = next(line for line in out.splitlines() if line.startswith("eval      eval judge (vllm)"))
     assert "   1     2   0.5  18.0 GiB = weights (bfloat16) 14.2" in judge  # the L model as Check_Answer judge
     assert "held at once (every group, one eval pool): 38 CPUs, 7 GPUs" in out
-    # 2 samplers x 0.5 GPU roll out while the 7 GPUs are held; the eval phase holds a second pool
-    at_work = out.split("GPUs at work per phase, of those the run holds then:\n")[1].splitlines()[:5]
-    assert [line.split() for line in at_work] == [
-        ["rollout", "1", "of", "7", "(14%)"], ["rank", "0.5", "of", "7", "(7%)"], ["finetune", "4", "of", "7", "(57%)"],
-        ["distil", "4", "of", "7", "(57%)"], ["eval", "2.5", "of", "8", "(31%)"]]
+    # colocated, the 4 rollout samplers generate on the learner's 4 GPUs; separate, on 4 x 0.5 GPUs of their own
+    use = out.split("GPU-seconds busy over GPU-seconds held, per phase")[1].splitlines()[1:7]
+    assert use[0].split() == ["phase", "separate", "colocated", "(this", "run)"]
+    assert [line.split() for line in use[1:]] == [
+        ["rollout", "2", "of", "9", "(22%)", "4", "of", "7", "(57%)"],
+        ["rank", "0.5", "of", "9", "(6%)", "0.5", "of", "7", "(7%)"],
+        ["finetune", "4", "of", "9", "(44%)", "4", "of", "7", "(57%)"],
+        ["distil", "4", "of", "9", "(44%)", "4", "of", "7", "(57%)"],
+        ["eval", "2.5", "of", "9", "(28%)", "2.5", "of", "7", "(36%)"]]
     assert "peak: " in out and "peak on one GPU: " in out
     assert "fits: " in out and "at min_workers (2 nodes)" in out
     import ray
@@ -122,11 +126,35 @@ def test_too_little_gpu_memory_is_refused_with_one_line(tmp_path, capsys):
 
 
 def test_an_engine_asking_more_than_its_gpu_share_is_refused(capsys):
-    """Two 0.5-GPU samplers may share a GPU: each engine may take at most half of it."""
+    """A 0.5-GPU engine may take at most half of its GPU (the ranker, the eval samplers and the eval judge
+    here). A colocated rollout sampler alone on its GPU may take all of it while awake (the learner's turn
+    comes later), so it is not among them."""
     code, _, err = run_plan(capsys, "--config", GPU_CONFIG, "--cluster", CLUSTER,
                             "--set", "engine.gpu_memory_utilization=0.85")
     assert code == 1 and err.count("\n") == 1
-    assert "rollout sampler (vllm, L) (Qwen/Qwen2.5-7B-Instruct) needs 38.2 GiB on 0.5 of a GPU" in err
+    assert "ranker (llm-judge, vllm) (Qwen/Qwen2.5-7B-Instruct) needs 38.2 GiB on 0.5 of a GPU" in err
+    assert "(and 4 more)" in err  # the eval samplers of L, S and XS, and the eval judge
+    assert "rollout sampler" not in err
+
+
+def test_colocated_samplers_awake_together_must_fit_their_gpu(capsys):
+    """Two rollout samplers per shared GPU are awake together: each may take half of it."""
+    code, _, err = run_plan(capsys, "--config", GPU_CONFIG, "--cluster", CLUSTER, "--set", "rest.num_samplers=8",
+                            "--set", "engine.gpu_memory_utilization=0.6")
+    assert code == 1 and err.count("\n") == 1
+    assert "rollout sampler (vllm, L) (Qwen/Qwen2.5-7B-Instruct) needs 27.0 GiB on 0.5 of a GPU" in err
+    assert "the rollout samplers that share a GPU are awake together" in err
+
+
+def test_a_config_that_cannot_colocate_says_why_beside_the_separate_column(capsys):
+    code, out, err = run_plan(capsys, "--config", GPU_CONFIG, "--cluster", CLUSTER, "--set", "rest.colocate=off",
+                              "--set", "rest.num_samplers=2")
+    assert code == 0, err
+    use = out.split("GPU-seconds busy over GPU-seconds held, per phase")[1].splitlines()
+    assert use[1].split() == ["phase", "separate", "(this", "run)", "colocated"]
+    assert use[2].split() == ["rollout", "1", "of", "7", "(14%)", "-"]  # the layout before the colocated mode
+    assert "colocated: not possible for this config: colocation needs rest.num_samplers (2) to be a multiple " \
+           "of learner.world_size (4)" in out
 
 
 def test_bad_cluster_input_is_one_line(tmp_path, capsys):
@@ -148,7 +176,7 @@ def test_toy_config_builds_no_world(tmp_path, capsys):
     assert not world.exists()
     assert f"{world}/models/L-warm: size unknown (world-dependent" in out
     assert "0 GPUs" in out and "fits: the config's own resource counts" in out
-    assert "GPUs at work" not in out  # nothing to say without GPUs
+    assert "GPU-seconds busy" not in out  # nothing to say without GPUs
 
 
 # ------------------------------------------------------------ the estimates
