@@ -12,6 +12,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import ray
@@ -23,6 +24,7 @@ from core.config import AgentConfig, Config, EngineConfig, LearnerConfig, RestCo
 from core.run_dir import RunDir
 from rest.cluster import ACTOR_ENV, RunCluster
 from rest.colocation import gpu_share
+from rest.loop import ReSTLoop
 from rest.workers import make_tasks
 from toyworld.build import build_world_data, load_questions
 from toyworld.graph import WorldSize
@@ -130,3 +132,26 @@ def test_a_level_1_sleep_keeps_the_policy(cluster):
     cluster.gpus_to("learner", sleep_level=1)
     turn = cluster.gpus_to("samplers")
     assert turn["sampler_versions"] == versions and cluster.samplers.ping_all() == versions
+
+
+def test_the_drivers_phases_hand_the_gpus_over_in_the_algorithms_order(cluster, setup):
+    """``ReSTLoop``'s finetune, broadcast and distil phases on the real cluster (the growing batch stood in
+    for by fixed examples): each records its hand-over, and the samplers end up at the new version."""
+    root, cfg, _, base = setup
+    run = RunDir(root / "run-loop")
+    loop = SimpleNamespace(
+        cfg=dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, policy=str(base), students={"S": str(base)})),
+        run=run, cluster=cluster, _fitted_policy=None,
+        _training_examples=lambda gen, improved=False: (step_examples(20, 2), 0),
+        _local=lambda model: model, _fit_seed=lambda gen, what: 0,
+        _fit_counters=lambda fit: {"steps": fit.steps})
+    finetune = ReSTLoop.finetune(loop, 2)["colocation"]
+    assert (finetune["from"], finetune["to"], finetune["sampler_sleep_level"]) == ("samplers", "learner", 2)
+    broadcast = ReSTLoop.broadcast(loop, 2)
+    assert broadcast["version"] == 2 and broadcast["colocation"]["sampler_versions"] == [-1] * 4
+    assert (broadcast["colocation"]["from"], broadcast["colocation"]["to"]) == ("learner", "samplers")
+    distil = ReSTLoop.distil(loop, 2)["colocation"]
+    assert (distil["to"], distil["sampler_sleep_level"]) == ("learner", 1)
+    assert (run.checkpoint("S", 2) / "config.json").is_file()
+    woke = cluster.gpus_to("samplers")  # the next rollout's first step
+    assert woke["sampler_versions"] == [2] * 4  # a level-1 sleep kept the policy the broadcast sent
