@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -31,12 +31,22 @@ from learner.broadcast import group_backend
 from learner.data import SFTExample
 from learner.deepspeed_rank import LearnerRank
 
-if TYPE_CHECKING:  # the run's shared placement group (a colocated run) is the cluster's, not the learner's
-    from rest.colocation import SharedBundles
-
 log = logging.getLogger(__name__)
 
 LearnerRankActor = ray.remote(LearnerRank)
+
+
+class SharedPlacement(Protocol):
+    """A colocated run's placement group, a GPU per rank that rollout samplers share (the run's, not the
+    group's: ``rest.colocation.SharedBundles`` is one): how many bundles, the GPU fraction each actor in
+    a bundle asks for, and where actor ``slot`` runs."""
+
+    bundles: int
+
+    @property
+    def share(self) -> float: ...
+
+    def strategy(self, slot: int) -> PlacementGroupSchedulingStrategy: ...
 
 TRANSPORTS = ("object_store", "collective")
 
@@ -116,7 +126,7 @@ class LearnerGroup:
     fixed at construction. ``control_timeout_s`` bounds start-up and the broadcast.
     """
 
-    def __init__(self, cfg: LearnerConfig, control_timeout_s: float = 180.0, shared: SharedBundles | None = None):
+    def __init__(self, cfg: LearnerConfig, control_timeout_s: float = 180.0, shared: SharedPlacement | None = None):
         """``shared``: place rank i in bundle i of a colocated run's placement group (``rest.colocation``)
         with that bundle's GPU share, instead of a placement group of the group's own."""
         if not ray.is_initialized():

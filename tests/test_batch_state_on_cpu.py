@@ -172,7 +172,7 @@ def test_with_improved_policy_examples_l_fine_tunes_on_the_improved_steps_and_th
                              "rest.policy_examples=improved", f"models.policy={tmp_path / 'L'}",
                              f"models.students={{S: {tmp_path / 'S'}}}", "world.dir="])
     loop = ReSTLoop(cfg, RunDir(tmp_path / "run"), progress=False)
-    loop.cluster = SimpleNamespace(learner=Learner())
+    loop.cluster = SimpleNamespace(learner=Learner(), gpus_to=lambda side, sleep_level=1: {})  # not colocated
     loop.batch.write_gen(1, step_records(1, _traj()))  # decision improved (pick 2, continued 0), answer not
     assert loop.finetune(1)["examples"] == 1 and loop.distil(1)["students"]["S"]["examples"] == 2
     assert fits == {"L": [' Search("b")\n'], "S": [' Search("b")\n', ' "Paris"\n']}
