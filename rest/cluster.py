@@ -288,8 +288,13 @@ class RunCluster:
             return {}
         samplers, learner = self.started("samplers"), self.started("learner")
         event = self.turns.hand_over(side, samplers.actors if samplers else None, learner, sleep_level, self.get)
-        asleep = "learner" if self.turns.holder == "samplers" else "samplers"
-        return {**event, "awake": sorted(g for g in self._groups if g != asleep)}
+        return {**event, "awake": self.awake()}
+
+    def awake(self) -> list[str]:
+        """The started groups that hold their memory now; colocated, the side without the GPUs is left out
+        (the learner between its fits holds nothing, the samplers asleep hold no weights on the device)."""
+        asleep = None if not self.cfg.colocated else "learner" if self.turns.holder == "samplers" else "samplers"
+        return sorted(g for g in self._groups if g != asleep)
 
     @property
     def judge(self) -> RemoteJudge:

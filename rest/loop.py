@@ -21,8 +21,8 @@ Colocated (``rest.colocate``), the rollout samplers and the learner share the GP
 each phase that needs them says so first (``RunCluster.gpus_to``): rollout and broadcast
 take them for the samplers (the learner frees its memory, the samplers wake, then the
 sync runs), finetune and distil for the learner (the samplers sleep; before the
-finetune deeply, their weights discarded, as the broadcast refills them). The phase's
-counters record the hand-over and the groups awake (``colocation``).
+finetune deeply, their weights discarded, as the broadcast refills them). Every phase's
+counters record the groups awake at its end, and the hand-over if it made one (``colocation``).
 """
 
 from __future__ import annotations
@@ -146,6 +146,8 @@ class ReSTLoop:
         t0 = time.perf_counter()
         counters = body(gen)
         seconds = time.perf_counter() - t0
+        if self.cfg.colocated:  # who held the shared GPUs: a phase without a hand-over records it too
+            counters.setdefault("colocation", {"awake": self.cluster.awake()})
         self.metrics.phase_done(gen, name, seconds, counters)
         self.state.mark(gen, name, {"seconds": round(seconds, 3), **counters},
                         version=gen if name == "broadcast" else None)

@@ -155,3 +155,19 @@ def test_the_drivers_phases_hand_the_gpus_over_in_the_algorithms_order(cluster, 
     assert (run.checkpoint("S", 2) / "config.json").is_file()
     woke = cluster.gpus_to("samplers")  # the next rollout's first step
     assert woke["sampler_versions"] == [2] * 4  # a level-1 sleep kept the policy the broadcast sent
+
+
+def test_a_phase_without_a_hand_over_records_who_was_awake(cluster, setup):
+    """``ReSTLoop._phase`` of a colocated run: a phase that hands nothing over (rank, store, eval) still
+    records the groups that held their memory at its end."""
+    _, cfg, _, _ = setup
+    recorded = []
+    loop = SimpleNamespace(cfg=cfg, cluster=cluster, say=lambda text: None,
+                           state=SimpleNamespace(is_done=lambda gen, name: False, mark=lambda *a, **k: None),
+                           metrics=SimpleNamespace(phase_done=lambda gen, name, s, counters: recorded.append(counters)))
+    assert cluster.samplers and cluster.learner  # started (the rollout phase starts every group)
+    cluster.gpus_to("learner", sleep_level=1)
+    ReSTLoop._phase(loop, 3, "rank", lambda gen: {"llm_steps": 0})
+    cluster.gpus_to("samplers")
+    ReSTLoop._phase(loop, 3, "store", lambda gen: {"records": 0})
+    assert [c["colocation"]["awake"] for c in recorded] == [["learner", "search"], ["samplers", "search"]]
