@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,7 +104,7 @@ class Turns:
     log: list[dict[str, Any]] = field(default_factory=list)
 
     def hand_over(self, to: str, samplers: list | None, learner: Any | None, level: int,
-                  get: Any) -> dict[str, Any]:
+                  get: Callable[[list, str], list]) -> dict[str, Any]:
         """Give the GPUs to ``to`` ("samplers" or "learner"); returns what happened.
 
         ``samplers``: the rollout sampler actors, None when they have not started (nothing to

@@ -623,6 +623,11 @@ def _check(cfg: Config, cluster: ClusterSpec, models: list[ModelInfo], groups: l
     if cfg.colocated:  # the rollout samplers and the learner ranks take turns on a GPU each
         least = [g for g in least if g.turn_gpus is None] + [_shared_gpus(cfg, by)]
     out.lines.append(f"held at once (every group, one eval pool): {need['CPU']:g} CPUs, {need['GPU']:g} GPUs")
+    if cfg.colocated:
+        out.lines.append(f"colocated (rest.colocate): {cfg.learner.world_size} GPUs shared, each by a learner rank and "
+                         f"{cfg.rest.num_samplers // cfg.learner.world_size} rollout sampler(s) asking Ray for "
+                         f"{gpu_share(cfg.rest.num_samplers // cfg.learner.world_size):g} of it; they take turns, the "
+                         f"learner holding the whole GPU while it fits")
     fit, at_max, pools = None, False, 1
     for at_max in (False, True):
         fit = pack(least, cluster.nodes(at_max))

@@ -65,6 +65,8 @@ def test_gpu_config_fits_cluster_yaml(capsys):
     judge = next(line for line in out.splitlines() if line.startswith("eval      eval judge (vllm)"))
     assert "   1     2   0.5  18.0 GiB = weights (bfloat16) 14.2" in judge  # the L model as Check_Answer judge
     assert "held at once (every group, one eval pool): 38 CPUs, 7 GPUs" in out
+    assert "colocated (rest.colocate): 4 GPUs shared, each by a learner rank and 1 rollout sampler(s) asking Ray " \
+           "for 0.5 of it" in out
     # colocated, the 4 rollout samplers generate on the learner's 4 GPUs; separate, on 4 x 0.5 GPUs of their own
     use = out.split("GPU-seconds busy over GPU-seconds held, per phase")[1].splitlines()[1:7]
     assert use[0].split() == ["phase", "separate", "colocated", "(this", "run)"]
