@@ -42,6 +42,11 @@ from core.config import Config
 SIDES = ("samplers", "learner")
 
 
+def samplers_per_gpu(cfg: Config) -> int:
+    """How many rollout samplers share each learner rank's GPU (``colocation_problem`` makes it whole)."""
+    return cfg.rest.num_samplers // cfg.learner.world_size
+
+
 def gpu_share(samplers_per_gpu: int) -> float:
     """Each colocated actor's fraction of its bundle's GPU: the learner rank and ``samplers_per_gpu``
     samplers split one GPU evenly, rounded down to Ray's 1e-4 resource grain so the shares fit."""
@@ -50,8 +55,7 @@ def gpu_share(samplers_per_gpu: int) -> float:
 
 def bundle_spec(cfg: Config) -> dict[str, float]:
     """One shared bundle: a GPU, and the CPUs of a learner rank and of the samplers that share it."""
-    per_gpu = cfg.rest.num_samplers // cfg.learner.world_size
-    cpus = cfg.learner.num_cpus_per_rank + per_gpu * cfg.rest.sampler_num_cpus
+    cpus = cfg.learner.num_cpus_per_rank + samplers_per_gpu(cfg) * cfg.rest.sampler_num_cpus
     return {"GPU": 1.0, **({"CPU": cpus} if cpus > 0 else {})}
 
 
@@ -77,7 +81,7 @@ class SharedBundles:
             raise RuntimeError(
                 f"colocation: placement group of {w} x {spec} not ready within {timeout_s:.0f} s "
                 f"(cluster has {ray.available_resources()})") from None
-        return cls(pg, w, cfg.rest.num_samplers // w)
+        return cls(pg, w, samplers_per_gpu(cfg))
 
     @property
     def share(self) -> float:

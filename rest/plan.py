@@ -48,7 +48,7 @@ from core.hub import ModelUnavailable, is_local, resolve_model
 from evals.qa import check_judge
 from learner.trainer import _PLAIN_HEAD_MODELS
 from rest.cluster import least_resources
-from rest.colocation import bundle_spec, gpu_share
+from rest.colocation import bundle_spec, gpu_share, samplers_per_gpu
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp32": 4, "bf16": 2, "fp16": 2}
@@ -502,7 +502,7 @@ def plan(cfg: Config, cluster_path: str | None = None, gpu_gib: float | None = N
         return vllm_memory(arch, engine, gib) if engine.backend == "vllm" else hf_engine_memory(arch, engine)
 
     engine = replace(cfg.engine, model=policy)
-    per_gpu = r.num_samplers // lr.world_size
+    per_gpu = samplers_per_gpu(cfg)
     share = gpu_share(per_gpu) if cfg.colocated else None  # what each colocated actor asks Ray for
     rollout_gpus = share or r.sampler_num_gpus
     groups = [
@@ -586,7 +586,7 @@ def _shared_gpus(cfg: Config, by: dict[str, list[Group]]) -> Group:
     of the rank and its samplers, holding the larger of its rollout samplers awake and the largest fit."""
     samplers = next(g for g in by["rollout"] if g.turn_gpus is not None)
     fits = [g for g in by["finetune"] + by["distil"] if g.memory]
-    per_gpu = cfg.rest.num_samplers // cfg.learner.world_size
+    per_gpu = samplers_per_gpu(cfg)
     engines = per_gpu * samplers.memory.total if samplers.memory else 0.0
     fit = max((g.memory.total for g in fits), default=0.0)
     memory = Memory({"rollout samplers" if engines >= fit else "learner rank": max(engines, fit)}) \
@@ -624,9 +624,9 @@ def _check(cfg: Config, cluster: ClusterSpec, models: list[ModelInfo], groups: l
         least = [g for g in least if g.turn_gpus is None] + [_shared_gpus(cfg, by)]
     out.lines.append(f"held at once (every group, one eval pool): {need['CPU']:g} CPUs, {need['GPU']:g} GPUs")
     if cfg.colocated:
+        per_gpu = samplers_per_gpu(cfg)
         out.lines.append(f"colocated (rest.colocate): {cfg.learner.world_size} GPUs shared, each by a learner rank and "
-                         f"{cfg.rest.num_samplers // cfg.learner.world_size} rollout sampler(s) asking Ray for "
-                         f"{gpu_share(cfg.rest.num_samplers // cfg.learner.world_size):g} of it; they take turns, the "
+                         f"{per_gpu} rollout sampler(s) asking Ray for {gpu_share(per_gpu):g} of it; they take turns, the "
                          f"learner holding the whole GPU while it fits")
     fit, at_max, pools = None, False, 1
     for at_max in (False, True):
