@@ -178,8 +178,6 @@ class HFEngine:
         #: while asleep: the model's parameters and buffers in host memory, a discarded one as a meta
         #: tensor of its shape and dtype (``sleep``)
         self._host: dict[str, torch.Tensor] | None = None
-        #: the level this engine sleeps at, None while awake
-        self.slept: int | None = None
 
     # ------------------------------------------------------------ public API
 
@@ -273,7 +271,6 @@ class HFEngine:
             else:
                 self._host[name] = torch.empty(t.shape, dtype=t.dtype, device="meta")  # its shape and dtype
             t.data = t.data.new_empty(0)
-        self.slept = level
         if level == 2:
             self.version = -1
         return before - _device_bytes(self.device), time.perf_counter() - start
@@ -287,7 +284,7 @@ class HFEngine:
         for name, t in self._tensors().items():
             kept = self._host[name]
             t.data = _unfilled(kept, self.device) if kept.is_meta else kept.to(self.device)
-        self._host, self.slept = None, None
+        self._host = None
         return time.perf_counter() - start
 
     @property
