@@ -183,10 +183,9 @@ def _context(prompt: str, skill: str) -> str:
 
 
 def _parses_as_note(prompt: str, got: str) -> bool:
-    """Whether ``got`` is a summary the agent accepts after this prompt's (last) snippets."""
-    live = prompt[prompt.rfind("SNIPPETS ="):]
+    """Whether ``got`` is a summary the agent accepts after this prompt's snippets."""
     try:
-        parse_summary(got.strip(), {int(n) for n in _SHOWN.findall(live)})
+        parse_summary(got.strip(), {int(n) for n in _SHOWN.findall(_context(prompt, "copy"))})
     except ParseError:
         return False
     return True
